@@ -403,7 +403,6 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "otel-integration-receiver"
     timeout = 30  # idle keep-alive connections must not pin handler threads forever
     server: "_Server"
-    _status = 0
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # stay quiet: the CLI prints traces, tests read the RequestInfo log
@@ -415,6 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
         cenc = self.headers.get("Content-Encoding", "").strip().lower()
         size = -1
         as_json = ctype == _JSON
+        reply_type = "text/plain"
         try:
             if path not in _SIGNALS:
                 raise _HTTPError(404, f"unknown path {path}")
@@ -435,17 +435,19 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HTTPError(400, f"cannot decode {signal_name} request: {exc}") from None
             receiver._ingest(signal_name, message)
         except _HTTPError as exc:
-            self._reply(exc.status, exc.message.encode("utf-8", "replace"), "text/plain")
+            status, payload = exc.status, exc.message.encode("utf-8", "replace")
         except Exception as exc:  # a decoding bug must not kill the receiver for good
-            self._reply(500, f"internal error: {type(exc).__name__}".encode(), "text/plain")
+            status, payload = 500, f"internal error: {type(exc).__name__}".encode()
         else:
             response = response_type()
+            status = 200
             if as_json:
-                self._reply(200, json_format.MessageToJson(response).encode(), _JSON)
+                payload, reply_type = json_format.MessageToJson(response).encode(), _JSON
             else:
-                self._reply(200, response.SerializeToString(), _PROTOBUF)
-        finally:
-            receiver._record(RequestInfo("POST", path, self._status, ctype, cenc, size))
+                payload, reply_type = response.SerializeToString(), _PROTOBUF
+        # Record before replying: whoever saw the export succeed can also see the request.
+        receiver._record(RequestInfo("POST", path, status, ctype, cenc, size))
+        self._reply(status, payload, reply_type)
 
     def do_GET(self) -> None:  # noqa: N802
         status = 405 if self.path.split("?", 1)[0] in _SIGNALS else 404
@@ -497,7 +499,6 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(400, "bad chunked encoding") from None
 
     def _reply(self, status: int, body: bytes, content_type: str) -> None:
-        self._status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

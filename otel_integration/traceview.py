@@ -164,33 +164,35 @@ def render_trace(spans: list["Span"], *, width: int = 100, color: bool = False) 
     total = t1 - t0
     trace_ids = sorted({clean(s.trace_id, 32) for s in spans})
     errors = sum(1 for s in spans if s.status_code == "ERROR")
-    header = f"trace {', '.join(trace_ids)}  {len(spans)} span{'s' * (len(spans) != 1)}  {total / 1e6:.1f} ms"
+    plural = "s" if len(spans) != 1 else ""
+    header = _paint(f"trace {', '.join(trace_ids)}", _BOLD, color)
+    header += f"  {len(spans)} span{plural}  {total / 1e6:.1f} ms"
     if errors:
-        header += "  " + _paint(f"{errors} ERROR", _RED, color)
-    lines = [_paint(header, _BOLD, color)]
+        header += "  " + _paint(f"{errors} ERROR", _RED + _BOLD, color)
+    lines = [header]
 
-    label_width = max(20, int(width * 0.55))
-    bar_width = max(10, width - label_width - 3)
+    # Budget: label | bar | " 12345678.9 ms ERROR" must fit in width; annotations may not.
+    label_width = max(20, int(width * 0.45))
+    bar_width = max(10, width - label_width - 3 - 14 - 6)
+    span_ids = {s.span_id for s in spans}
     for span, prefix in _tree(spans):
         service = clean(span.service_name or "?", 24)
-        name = clean(span.name, 60)
-        label = f"{prefix}{service}  {name} {clean(span.kind, 12)}"
+        label = f"{prefix}{service}: {clean(span.name, 60)} {clean(span.kind, 12)}"
         if len(label) > label_width:
             label = label[: label_width - 1] + "…"
-        bar = _bar(span, t0, total, bar_width)
         is_error = span.status_code == "ERROR"
-        bar = _paint(bar, _RED if is_error else _GREEN, color)
-        duration = f"{span.duration_ns / 1e6:8.1f} ms"
+        bar = _paint(_bar(span, t0, total, bar_width), _RED if is_error else _GREEN, color)
+        fields = [f"{label:<{label_width}} |{bar}|", f"{span.duration_ns / 1e6:10.1f} ms"]
         if is_error:
-            status = _paint("ERROR", _RED + _BOLD, color)
+            fields.append(_paint("ERROR", _RED + _BOLD, color))
             if span.status_message:
-                status += _paint(f" ({clean(span.status_message, 60)})", _RED, color)
-        else:
-            status = "OK" if span.status_code == "OK" else ""
-        fields = [f"{label:<{label_width}} |{bar}|", duration]
-        if status:
-            fields.append(status)
+                fields.append(_paint(f"({clean(span.status_message, 60)})", _RED, color))
+        elif span.status_code == "OK":
+            fields.append("OK")
         fields.extend(_annotations(span, color))
+        if span.parent_span_id and span.parent_span_id not in span_ids:
+            fields.append(_paint(f"(parent {clean(span.parent_span_id, 16)} not received)",
+                                 _DIM, color))
         lines.append(" ".join(fields).rstrip())
     return "\n".join(lines)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -19,8 +18,11 @@ from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.metrics import Observation
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.context import get_current
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -162,10 +164,7 @@ def test_metrics_from_the_sdk_exporter_are_flattened(receiver: OTLPReceiver) -> 
     histogram = meter.create_histogram("http.client.request.duration", unit="s")
     for seconds in (0.002, 0.004, 0.3):
         histogram.record(seconds, target)
-    meter.create_observable_gauge(
-        "queue.depth", callbacks=[lambda options: [__import__(
-            "opentelemetry.metrics", fromlist=["Observation"]).Observation(2.5)]]
-    )
+    meter.create_observable_gauge("queue.depth", callbacks=[lambda _: [Observation(2.5)]])
     assert provider.force_flush(timeout_millis=5000)
     provider.shutdown()
 
@@ -190,26 +189,28 @@ def test_logs_from_the_sdk_exporter_keep_trace_correlation(receiver: OTLPReceive
     log_provider = LoggerProvider(resource=RESOURCE)
     log_provider.add_log_record_processor(SimpleLogRecordProcessor(
         OTLPLogExporter(endpoint=receiver.endpoint + "/v1/logs", timeout=5)))
-    logger = logging.getLogger("tests.receiver.otlp")
-    logger.propagate = False
-    handler = LoggingHandler(level=logging.INFO, logger_provider=log_provider)
-    logger.addHandler(handler)
+    logger = log_provider.get_logger("tests.receiver")
     tracer = TracerProvider(resource=RESOURCE).get_tracer("t")
     try:
         with tracer.start_as_current_span("work") as span:
-            logger.warning("payment %s declined", "p-1", extra={"order.id": "o-9"})
-        log_provider.force_flush()
+            logger.emit(
+                body="payment p-1 declined",
+                severity_number=SeverityNumber.WARN,
+                severity_text="WARN",
+                attributes={"order.id": "o-9"},
+                context=get_current(),
+            )
     finally:
-        logger.removeHandler(handler)
         log_provider.shutdown()
 
     (record,) = receiver.logs()
     assert record.body == "payment p-1 declined"
-    assert record.severity_text in ("WARN", "WARNING")
-    assert record.attributes["order.id"] == "o-9"
+    assert (record.severity_text, record.severity_number) == ("WARN", SeverityNumber.WARN.value)
+    assert record.attributes == {"order.id": "o-9"}
     assert record.trace_id == format(span.get_span_context().trace_id, "032x")
     assert record.span_id == format(span.get_span_context().span_id, "016x")
     assert record.resource["service.name"] == "checkout"
+    assert record.scope_name == "tests.receiver"
 
 
 # --------------------------------------------------------------------------- hostile input
@@ -317,5 +318,5 @@ def test_cli_prints_a_received_trace(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 0, err
     assert "cli-test" in out and "parent" in out
-    assert "└─ cli-test  child" in out
+    assert "└─ cli-test: child" in out
     assert "received 2 spans" in out
