@@ -49,6 +49,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 __all__ = [
@@ -219,8 +220,6 @@ def decode_spans(request: trace_service_pb2.ExportTraceServiceRequest) -> list[S
 def decode_metrics(
     request: metrics_service_pb2.ExportMetricsServiceRequest,
 ) -> list[MetricPoint]:
-    from opentelemetry.proto.metrics.v1 import metrics_pb2
-
     def temporality(number: int) -> str:
         return _enum_name(metrics_pb2.AggregationTemporality, number, "AGGREGATION_TEMPORALITY_")
 
@@ -404,6 +403,14 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30  # idle keep-alive connections must not pin handler threads forever
     server: "_Server"
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        self.server.track(self.connection, False)
+        super().finish()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # stay quiet: the CLI prints traces, tests read the RequestInfo log
 
@@ -512,6 +519,25 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client must never block stop()
     receiver: "OTLPReceiver"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, connection: socket.socket, alive: bool) -> None:
+        with self._connections_lock:
+            (self._connections.add if alive else self._connections.discard)(connection)
+
+    def close_connections(self) -> None:
+        """Hang up on keep-alive clients, so a stopped receiver accepts nothing more."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Peers that hang up mid-request are routine; don't spray tracebacks on stderr.
         if not isinstance(sys.exc_info()[1], (OSError, TimeoutError)):
@@ -584,6 +610,7 @@ class OTLPReceiver:
         self._server = self._thread = None
         server.shutdown()
         server.server_close()
+        server.close_connections()
         if thread is not None:
             thread.join(timeout=5)
 

@@ -221,7 +221,7 @@ def _target(attributes: dict[str, Any]) -> str:
 def _series_key(p: "MetricPoint") -> tuple[Any, ...]:
     attrs = tuple(sorted((k, repr(v)) for k, v in p.attributes.items()))
     resource = tuple(sorted((k, repr(v)) for k, v in p.resource.items()))
-    return (p.name, p.kind, attrs, resource, p.start_ns if p.temporality == "DELTA" else 0)
+    return (p.name, p.kind, attrs, resource)
 
 
 def _current_points(points: Iterable["MetricPoint"]) -> list["MetricPoint"]:

@@ -320,3 +320,35 @@ def test_cli_prints_a_received_trace(tmp_path: Path) -> None:
     assert "cli-test" in out and "parent" in out
     assert "└─ cli-test: child" in out
     assert "received 2 spans" in out
+
+
+def test_endpoint_works_as_otel_exporter_otlp_endpoint(
+    receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The way the distro and the demo use it: the base URL, signal paths appended by the SDK.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(timeout=5)))
+    provider.get_tracer("t").start_span("via-env").end()
+    provider.shutdown()
+    assert [s.name for s in receiver.spans()] == ["via-env"]
+    assert receiver.requests()[0].path == "/v1/traces"
+
+
+def test_stop_hangs_up_on_keep_alive_connections() -> None:
+    rx = OTLPReceiver().start()
+    conn = http.client.HTTPConnection("127.0.0.1", rx.port, timeout=5)
+    body = trace_service_pb2.ExportTraceServiceRequest().SerializeToString()
+    conn.request("POST", "/v1/traces", body=body,
+                 headers={"Content-Type": "application/x-protobuf"})
+    assert conn.getresponse().read() == b""
+    started = time.monotonic()
+    rx.stop()
+    assert time.monotonic() - started < 2
+    # The kept-alive connection must not be served by a stopped receiver.
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        conn.request("POST", "/v1/traces", body=body,
+                     headers={"Content-Type": "application/x-protobuf"})
+        conn.getresponse()
+    conn.close()
+    assert len(rx.requests()) == 1
