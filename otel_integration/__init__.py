@@ -1,0 +1,1 @@
+"""otel-integration: OpenTelemetry-native resilience and correlation for httpx."""

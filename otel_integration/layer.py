@@ -1,0 +1,125 @@
+"""Shared state of the resilience layer: one per instrumentation.
+
+`ResilienceLayer` owns what outlives a single call: the settings, the
+per-downstream state (breaker, retry budget, metric attributes), the metric
+instruments and the tracer. Per-downstream state lives in a bounded LRU map
+(`OTEL_INTEGRATION_MAX_DOWNSTREAMS`), so a client that talks to many hosts
+cannot grow memory without bound.
+
+A downstream is keyed by its logical name when `OTEL_INTEGRATION_SERVICES`
+names it, else by ``host:port``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from opentelemetry import metrics, trace
+
+from otel_integration.breaker import BreakerRegistry
+from otel_integration.budget import RetryBudget
+from otel_integration.settings import Settings
+from otel_integration.telemetry import BREAKER_STATE_ATTRIBUTE, BREAKER_STATE_VALUES, SCOPE, Instruments
+
+BeforeSend = Callable[[httpx.Request, "Downstream"], None]
+
+
+@dataclass
+class Downstream:
+    key: str  # logical name or host:port
+    host: str
+    port: int
+    peer_service: str | None
+    attributes: dict[str, str | int]  # metric attributes, built once
+    settings: Settings
+    breaker: object  # otel_integration.breaker.Breaker
+    budget: RetryBudget
+
+
+class ResilienceLayer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        self.instruments = Instruments(meter_provider)
+        self._names_by_address = {address: name for name, address in settings.services.items()}
+        self._downstreams: OrderedDict[tuple[str, int], Downstream] = OrderedDict()
+        self._lock = threading.Lock()
+        self._before_send: list[BeforeSend] = []
+        self.breakers = BreakerRegistry(
+            threshold=settings.breaker_threshold,
+            open_seconds=settings.breaker_open_seconds,
+            half_open_calls=settings.breaker_half_open_calls,
+            storage_url=None if settings.breaker_storage == "memory" else settings.breaker_storage,
+            max_breakers=settings.max_downstreams,
+            on_transition=self._on_transition,
+            on_storage_error=self._on_storage_error,
+        )
+
+    def downstream(self, host: str, port: int) -> Downstream:
+        address = (host, port)
+        with self._lock:
+            found = self._downstreams.get(address)
+            if found is not None:
+                self._downstreams.move_to_end(address)
+                return found
+        created = self._new_downstream(host, port)
+        with self._lock:
+            found = self._downstreams.setdefault(address, created)
+            self._downstreams.move_to_end(address)
+            while len(self._downstreams) > self.settings.max_downstreams:
+                self._downstreams.popitem(last=False)
+            return found
+
+    def _new_downstream(self, host: str, port: int) -> Downstream:
+        name = self._names_by_address.get(f"{host.lower()}:{port}")
+        key = name or f"{host}:{port}"
+        attributes: dict[str, str | int] = {"server.address": host, "server.port": port}
+        if name:
+            attributes["peer.service"] = name
+        return Downstream(
+            key=key,
+            host=host,
+            port=port,
+            peer_service=name,
+            attributes=attributes,
+            settings=self.settings,
+            breaker=self.breakers.get(key),
+            budget=RetryBudget(
+                ratio=self.settings.retry_budget_ratio,
+                min_per_second=self.settings.retry_budget_min_per_second,
+            ),
+        )
+
+    def add_before_send(self, hook: BeforeSend) -> None:
+        """Run `hook(request, downstream)` once per logical call, before the first attempt."""
+        self._before_send.append(hook)
+
+    def before_send(self, request: httpx.Request, downstream: Downstream) -> None:
+        for hook in self._before_send:
+            hook(request, downstream)
+
+    def _attributes_for_key(self, key: str) -> dict[str, str | int]:
+        host, _, port = key.rpartition(":")
+        if host and port.isdigit():
+            return {"server.address": host, "server.port": int(port)}
+        address = self.settings.services.get(key, "")
+        host, _, port = address.rpartition(":")
+        return {"server.address": host, "server.port": int(port or 0), "peer.service": key}
+
+    def _on_transition(self, key: str, old: str, new: str) -> None:
+        attributes = self._attributes_for_key(key)
+        self.instruments.breaker_state.set(BREAKER_STATE_VALUES[new], attributes)
+        self.instruments.breaker_transitions.add(1, {**attributes, BREAKER_STATE_ATTRIBUTE: new})
+
+    def _on_storage_error(self, key: str) -> None:
+        self.instruments.breaker_storage_errors.add(1, self._attributes_for_key(key))

@@ -1,0 +1,135 @@
+"""The metric instruments this distro registers, named once.
+
+Dashboards and alert rules depend on these names, so they live in one list
+(`INSTRUMENTS`) that tests and docs read instead of repeating them.
+The HTTP client duration histogram (`http.client.request.duration`) comes from
+the upstream httpx instrumentation and is not repeated here.
+
+Attribute keys follow the OpenTelemetry HTTP semantic conventions
+(`server.address`, `server.port`, `http.request.method`, `error.type`) and,
+for logically named downstreams, `peer.service`. URL paths and request IDs are
+never metric attributes: they would explode cardinality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from opentelemetry import metrics
+
+SCOPE = "otel_integration"
+
+# Attribute keys that are ours (no semantic convention exists for them).
+BREAKER_STATE_ATTRIBUTE = "circuit_breaker.state"
+
+# Values of the breaker state gauge.
+BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    unit: str
+    description: str
+
+
+RETRIES = InstrumentSpec(
+    "http.client.retries",
+    "counter",
+    "{retry}",
+    "Retries scheduled after a failed attempt (error.type says why).",
+)
+RETRY_BUDGET_EXHAUSTED = InstrumentSpec(
+    "http.client.retry_budget.exhausted",
+    "counter",
+    "{retry}",
+    "Retries not made because the downstream's retry budget was empty.",
+)
+BREAKER_STATE = InstrumentSpec(
+    "http.client.circuit_breaker.state",
+    "gauge",
+    "{state}",
+    "Circuit breaker state per downstream: 0 closed, 1 half-open, 2 open.",
+)
+BREAKER_TRANSITIONS = InstrumentSpec(
+    "http.client.circuit_breaker.transitions",
+    "counter",
+    "{transition}",
+    "Circuit breaker state changes; circuit_breaker.state is the new state.",
+)
+BREAKER_REJECTIONS = InstrumentSpec(
+    "http.client.circuit_breaker.rejections",
+    "counter",
+    "{request}",
+    "Calls failed fast, without network I/O, because the breaker was open.",
+)
+BREAKER_STORAGE_ERRORS = InstrumentSpec(
+    "http.client.circuit_breaker.storage_errors",
+    "counter",
+    "{error}",
+    "Shared breaker storage (Redis) failures; state fell back to memory.",
+)
+DEPENDENCY_HEALTH = InstrumentSpec(
+    "http.client.dependency.health",
+    "gauge",
+    "{status}",
+    "Result of the last active health probe per downstream: 1 healthy, 0 failing.",
+)
+
+INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    RETRIES,
+    RETRY_BUDGET_EXHAUSTED,
+    BREAKER_STATE,
+    BREAKER_TRANSITIONS,
+    BREAKER_REJECTIONS,
+    BREAKER_STORAGE_ERRORS,
+    DEPENDENCY_HEALTH,
+)
+
+# Emitted by opentelemetry-instrumentation-httpx with stable HTTP semconv.
+UPSTREAM_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    InstrumentSpec(
+        "http.client.request.duration",
+        "histogram",
+        "s",
+        "Duration of HTTP client requests (one per physical attempt).",
+    ),
+)
+
+
+def prometheus_name(spec: InstrumentSpec) -> str:
+    """The name Prometheus gives `spec` after the collector's translation.
+
+    Dots become underscores, a unit in braces is dropped, `s` becomes
+    `_seconds`, and monotonic counters get `_total`.
+    """
+    name = spec.name.replace(".", "_")
+    if spec.unit == "s":
+        name += "_seconds"
+    if spec.kind == "counter":
+        name += "_total"
+    return name
+
+
+class Instruments:
+    """The instruments, created from a meter once per instrumentation."""
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
+        created = {}
+        for spec in INSTRUMENTS:
+            factory = {
+                "counter": meter.create_counter,
+                "gauge": meter.create_gauge,
+                "histogram": meter.create_histogram,
+            }[spec.kind]
+            created[spec.name] = factory(spec.name, unit=spec.unit, description=spec.description)
+        self.retries = created[RETRIES.name]
+        self.retry_budget_exhausted = created[RETRY_BUDGET_EXHAUSTED.name]
+        self.breaker_state = created[BREAKER_STATE.name]
+        self.breaker_transitions = created[BREAKER_TRANSITIONS.name]
+        self.breaker_rejections = created[BREAKER_REJECTIONS.name]
+        self.breaker_storage_errors = created[BREAKER_STORAGE_ERRORS.name]
+        self.dependency_health = created[DEPENDENCY_HEALTH.name]

@@ -1,0 +1,96 @@
+"""What the distro adds to spans.
+
+The upstream httpx instrumentation creates one CLIENT span per physical
+attempt (it wraps `httpx.HTTPTransport`). It does not know which attempt of a
+logical call it is tracing, so the retry transport publishes that in a
+context variable and `AttemptSpanProcessor` copies it onto the span when the
+span starts: `http.request.resend_count` for resends (stable HTTP semantic
+conventions) and `peer.service` for logically named downstreams.
+
+A call that never reaches the network (rejected by an open breaker) has no
+upstream span; `record_rejected_call` creates the CLIENT span for it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from otel_integration.errors import qualified_name
+
+HTTPX_SCOPE = "opentelemetry.instrumentation.httpx"
+RESEND_COUNT = "http.request.resend_count"
+PEER_SERVICE = "peer.service"
+REQUEST_BODY_NOT_REPLAYABLE = "otel_integration.request.body_not_replayable"
+
+
+@dataclass(frozen=True)
+class AttemptInfo:
+    resend_count: int
+    peer_service: str | None
+    body_not_replayable: bool = False
+
+
+current_attempt: contextvars.ContextVar[AttemptInfo | None] = contextvars.ContextVar(
+    "otel_integration_current_attempt", default=None
+)
+
+
+class AttemptSpanProcessor(SpanProcessor):
+    """Annotates httpx CLIENT spans with the attempt published by the transport."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        attempt = current_attempt.get()
+        if attempt is None or span.kind is not SpanKind.CLIENT:
+            return
+        scope = span.instrumentation_scope
+        if scope is None or scope.name != HTTPX_SCOPE:
+            return
+        if attempt.resend_count:
+            span.set_attribute(RESEND_COUNT, attempt.resend_count)
+        if attempt.peer_service:
+            span.set_attribute(PEER_SERVICE, attempt.peer_service)
+        if attempt.body_not_replayable:
+            span.set_attribute(REQUEST_BODY_NOT_REPLAYABLE, True)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def record_rejected_call(
+    tracer: trace.Tracer,
+    *,
+    method: str,
+    host: str,
+    port: int,
+    url: str,
+    error: BaseException,
+    resend_count: int,
+    peer_service: str | None,
+) -> None:
+    """A CLIENT span for a call failed fast without network I/O."""
+    attributes: dict[str, str | int] = {
+        "http.request.method": method,
+        "server.address": host,
+        "server.port": port,
+        "url.full": url,
+        "error.type": qualified_name(type(error)),
+    }
+    if resend_count:
+        attributes[RESEND_COUNT] = resend_count
+    if peer_service:
+        attributes[PEER_SERVICE] = peer_service
+    span = tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
+    span.set_status(Status(StatusCode.ERROR, str(error)))
+    span.end()

@@ -1,0 +1,383 @@
+"""The resilience transports: request ID, retries, circuit breaker, budget.
+
+`ResilientTransport` and `AsyncResilientTransport` wrap any httpx transport
+(the default `HTTPTransport`, a mount, a user's `MockTransport`) the way
+httpx's own transports compose. The instrumentor wraps every client's
+transports with them; they can also be used directly::
+
+    client = httpx.Client(transport=ResilientTransport(httpx.HTTPTransport()))
+
+One logical call (`client.send`) becomes one or more attempts:
+
+1. The correlation ID is fixed for the call (the request's own valid
+   X-Request-ID, else the current context's, else a new UUID4) and is made
+   current, so every attempt carries the same one.
+2. The first attempt runs with no retry machinery at all: the happy path
+   pays for a breaker check, a budget deposit and two context switches.
+3. Only if it failed in a retryable way does the call enter
+   `stamina.retry_context`, replaying that first failure as stamina's first
+   attempt, so stamina owns the loop, its testing mode and its hooks.
+4. The circuit breaker sits inside the loop: every attempt is admitted and
+   recorded; an open breaker stops the loop.
+5. After the last attempt the caller gets what httpx would have given: the
+   last response or the last exception. Discarded responses are read and
+   closed so their connections go back to the pool.
+
+Per-request overrides go in ``request.extensions["otel_integration"]``, a
+dict with any of ``retry`` (False disables retries), ``attempts`` and
+``deadline`` (seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import stamina
+from opentelemetry import context as otel_context
+from opentelemetry.util.http import redact_url
+
+from otel_integration import policy
+from otel_integration.errors import CircuitOpenError, qualified_name
+from otel_integration.layer import Downstream, ResilienceLayer
+from otel_integration.propagation import get_request_id, new_request_id, set_request_id, valid_request_id
+from otel_integration.tracing import AttemptInfo, current_attempt, record_rejected_call
+
+EXTENSION = "otel_integration"
+
+
+class _RetryableOutcome(Exception):
+    """Carries a failed attempt's outcome through stamina's retry loop."""
+
+    def __init__(self, response: httpx.Response | None, error: BaseException | None, reason: str) -> None:
+        super().__init__(reason)
+        self.response = response
+        self.error = error
+        self.reason = reason
+
+
+@dataclass
+class _Call:
+    """One logical call: its settings and the decisions between attempts."""
+
+    layer: ResilienceLayer
+    request: httpx.Request
+    downstream: Downstream
+    attempts: int
+    deadline: float | None
+    idempotent: bool
+    replayable: bool
+    started: float = field(default_factory=time.monotonic)
+    retry_number: int = 0
+
+    @classmethod
+    def start(cls, layer: ResilienceLayer, request: httpx.Request) -> _Call:
+        settings = layer.settings
+        overrides: dict[str, Any] = request.extensions.get(EXTENSION) or {}
+        downstream = layer.downstream(request.url.host, request.url.port or _default_port(request.url))
+        attempts = downstream.settings.retry_attempts
+        deadline: float | None = downstream.settings.retry_deadline or None
+        if overrides:
+            if overrides.get("retry") is False:
+                attempts = 1
+            attempts = max(1, int(overrides.get("attempts", attempts)))
+            if "deadline" in overrides:
+                deadline = float(overrides["deadline"]) or None
+        replayable = policy.is_replayable(request)
+        if not replayable:
+            attempts = 1
+        downstream.budget.record_call()
+        layer.before_send(request, downstream)
+        return cls(
+            layer=layer,
+            request=request,
+            downstream=downstream,
+            attempts=attempts,
+            deadline=deadline,
+            idempotent=policy.is_idempotent(request),
+            replayable=replayable,
+        )
+
+    # --- per-attempt bookkeeping -------------------------------------------------
+
+    def attempt_info(self, resend_count: int) -> AttemptInfo:
+        return AttemptInfo(resend_count, self.downstream.peer_service, not self.replayable)
+
+    def rejected(self, error: CircuitOpenError, resend_count: int) -> CircuitOpenError:
+        """Record a fast-failed attempt (span, metric) and return a fresh error."""
+        error._request = self.request
+        attributes = {**self.downstream.attributes, "http.request.method": self.request.method}
+        self.layer.instruments.breaker_rejections.add(1, attributes)
+        record_rejected_call(
+            self.layer.tracer,
+            method=self.request.method,
+            host=self.downstream.host,
+            port=self.downstream.port,
+            url=redact_url(str(self.request.url)) or "",
+            error=error,
+            resend_count=resend_count,
+            peer_service=self.downstream.peer_service,
+        )
+        return error
+
+    def judge_response(self, response: httpx.Response) -> _RetryableOutcome | None:
+        """Record the breaker verdict; a retryable outcome, or None when final."""
+        status = response.status_code
+        if status in self.downstream.settings.breaker_failure_status_codes:
+            self.downstream.breaker.record_failure()
+        else:
+            self.downstream.breaker.record_success()
+        if self.attempts > 1 and self.idempotent and status in self.downstream.settings.retry_status_codes:
+            return _RetryableOutcome(response, None, str(status))
+        return None
+
+    def judge_error(self, error: BaseException) -> _RetryableOutcome | None:
+        if isinstance(error, httpx.TransportError) and not isinstance(error, httpx.UnsupportedProtocol):
+            self.downstream.breaker.record_failure()
+        else:
+            # Cancellation, programming errors: not the downstream's fault.
+            self.downstream.breaker.release()
+        if self.attempts > 1 and isinstance(error, Exception) and policy.retryable_error(error, self.idempotent):
+            return _RetryableOutcome(None, error, qualified_name(type(error)))
+        return None
+
+    async def ajudge_response(self, response: httpx.Response) -> _RetryableOutcome | None:
+        # The async breaker calls may reach Redis; same decisions as judge_response.
+        status = response.status_code
+        if status in self.downstream.settings.breaker_failure_status_codes:
+            await self.downstream.breaker.arecord_failure()
+        else:
+            await self.downstream.breaker.arecord_success()
+        if self.attempts > 1 and self.idempotent and status in self.downstream.settings.retry_status_codes:
+            return _RetryableOutcome(response, None, str(status))
+        return None
+
+    async def ajudge_error(self, error: BaseException) -> _RetryableOutcome | None:
+        if isinstance(error, httpx.TransportError) and not isinstance(error, httpx.UnsupportedProtocol):
+            await self.downstream.breaker.arecord_failure()
+        else:
+            await self.downstream.breaker.arelease()
+        if self.attempts > 1 and isinstance(error, Exception) and policy.retryable_error(error, self.idempotent):
+            return _RetryableOutcome(None, error, qualified_name(type(error)))
+        return None
+
+    # --- between attempts (called by stamina) ----------------------------------------
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - (time.monotonic() - self.started)
+
+    def backoff(self, exc: Exception) -> bool | float:
+        """stamina's backoff hook: False to stop, else the wait in seconds."""
+        if not isinstance(exc, _RetryableOutcome):
+            return False
+        self.retry_number += 1
+        if self.retry_number >= self.attempts:
+            return False  # stamina is about to stop anyway: spend no budget
+        if self.downstream.breaker.state() == "open":
+            return False
+        remaining = self.remaining()
+        if remaining is not None and remaining <= 0:
+            return False
+        if not self.downstream.budget.try_withdraw():
+            self.layer.instruments.retry_budget_exhausted.add(1, self.downstream.attributes)
+            return False
+        settings = self.downstream.settings
+        wait = None
+        if exc.response is not None:
+            wait = policy.retry_after_seconds(exc.response)
+        if wait is None:
+            wait = policy.exponential_backoff(
+                self.retry_number,
+                initial=settings.retry_initial_wait,
+                maximum=settings.retry_max_wait,
+                jitter=settings.retry_jitter,
+            )
+        wait = min(wait, settings.retry_max_wait)
+        if remaining is not None:
+            wait = min(wait, remaining)
+        return max(0.0, wait)
+
+    def retry_starting(self, reason: str) -> None:
+        attributes = {
+            **self.downstream.attributes,
+            "http.request.method": self.request.method,
+            "error.type": reason,
+        }
+        self.layer.instruments.retries.add(1, attributes)
+
+    def retry_context(self) -> Any:
+        settings = self.downstream.settings
+        return stamina.retry_context(
+            on=self.backoff,
+            attempts=self.attempts,
+            timeout=None,  # the deadline is enforced by `backoff`, which also clips waits
+            wait_initial=settings.retry_initial_wait,
+            wait_max=settings.retry_max_wait,
+            wait_jitter=settings.retry_jitter,
+        )
+
+
+def _default_port(url: httpx.URL) -> int:
+    return 443 if url.scheme == "https" else 80
+
+
+def _begin(layer: ResilienceLayer, request: httpx.Request) -> object | None:
+    """Fix the call's correlation ID; returns a context token to detach, if any."""
+    header = layer.settings.request_id_header
+    own = valid_request_id(request.headers.get(header))
+    current = get_request_id()
+    request_id = own or current or new_request_id()
+    request.headers[header] = request_id
+    if request_id != current:
+        return otel_context.attach(set_request_id(request_id))
+    return None
+
+
+def _end(token: object | None) -> None:
+    if token is not None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def _discard(response: httpx.Response) -> None:
+    try:
+        response.read()
+    except httpx.HTTPError:
+        pass
+    finally:
+        response.close()
+
+
+async def _adiscard(response: httpx.Response) -> None:
+    try:
+        await response.aread()
+    except httpx.HTTPError:
+        pass
+    finally:
+        await response.aclose()
+
+
+def _final(outcome: _RetryableOutcome) -> httpx.Response:
+    if outcome.response is not None:
+        return outcome.response
+    assert outcome.error is not None
+    raise outcome.error
+
+
+class ResilientTransport(httpx.BaseTransport):
+    """Retries, circuit breaker and request ID around a sync transport."""
+
+    def __init__(self, transport: httpx.BaseTransport, layer: ResilienceLayer) -> None:
+        self.transport = transport
+        self.layer = layer
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        token = _begin(self.layer, request)
+        try:
+            call = _Call.start(self.layer, request)
+            first = self._attempt(call, 0)
+            if isinstance(first, httpx.Response):
+                return first
+            return self._retry(call, first)
+        finally:
+            _end(token)
+
+    def _attempt(self, call: _Call, resend_count: int) -> httpx.Response | _RetryableOutcome:
+        try:
+            call.downstream.breaker.admit()
+        except CircuitOpenError as error:
+            raise call.rejected(error, resend_count) from None
+        attempt_token = current_attempt.set(call.attempt_info(resend_count))
+        try:
+            response = self.transport.handle_request(call.request)
+        except BaseException as error:
+            outcome = call.judge_error(error)
+            if outcome is None:
+                raise
+            return outcome
+        finally:
+            current_attempt.reset(attempt_token)
+        return call.judge_response(response) or response
+
+    def _retry(self, call: _Call, first: _RetryableOutcome) -> httpx.Response:
+        last = first
+        try:
+            for attempt in call.retry_context():
+                with attempt:
+                    if attempt.num == 1:
+                        raise first  # replay: the first attempt already ran
+                    if last.response is not None:
+                        _discard(last.response)
+                    call.retry_starting(last.reason)
+                    outcome = self._attempt(call, attempt.num - 1)
+                    if isinstance(outcome, httpx.Response):
+                        return outcome
+                    last = outcome
+                    raise outcome
+        except _RetryableOutcome as final:
+            return _final(final)
+        raise AssertionError("unreachable: stamina either returns or raises")
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class AsyncResilientTransport(httpx.AsyncBaseTransport):
+    """Retries, circuit breaker and request ID around an async transport."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, layer: ResilienceLayer) -> None:
+        self.transport = transport
+        self.layer = layer
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        token = _begin(self.layer, request)
+        try:
+            call = _Call.start(self.layer, request)
+            first = await self._attempt(call, 0)
+            if isinstance(first, httpx.Response):
+                return first
+            return await self._retry(call, first)
+        finally:
+            _end(token)
+
+    async def _attempt(self, call: _Call, resend_count: int) -> httpx.Response | _RetryableOutcome:
+        try:
+            await call.downstream.breaker.aadmit()
+        except CircuitOpenError as error:
+            raise call.rejected(error, resend_count) from None
+        attempt_token = current_attempt.set(call.attempt_info(resend_count))
+        try:
+            response = await self.transport.handle_async_request(call.request)
+        except BaseException as error:
+            outcome = await call.ajudge_error(error)
+            if outcome is None:
+                raise
+            return outcome
+        finally:
+            current_attempt.reset(attempt_token)
+        return await call.ajudge_response(response) or response
+
+    async def _retry(self, call: _Call, first: _RetryableOutcome) -> httpx.Response:
+        last = first
+        try:
+            async for attempt in call.retry_context():
+                with attempt:
+                    if attempt.num == 1:
+                        raise first
+                    if last.response is not None:
+                        await _adiscard(last.response)
+                    call.retry_starting(last.reason)
+                    outcome = await self._attempt(call, attempt.num - 1)
+                    if isinstance(outcome, httpx.Response):
+                        return outcome
+                    last = outcome
+                    raise outcome
+        except _RetryableOutcome as final:
+            return _final(final)
+        raise AssertionError("unreachable: stamina either returns or raises")
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import pytest
+
+# Read once per process by the upstream instrumentations: set before they load.
+os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+os.environ.setdefault("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "x-request-id")
+
+import stamina  # noqa: E402
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: E402
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+
+from otel_integration.instrumentation import OtelIntegrationInstrumentor  # noqa: E402
+from otel_integration.layer import ResilienceLayer  # noqa: E402
+from otel_integration.settings import Settings  # noqa: E402
+from otel_integration.tracing import AttemptSpanProcessor  # noqa: E402
+from tests.peers import FaultServer  # noqa: E402
+
+
+def require_binary(name: str) -> str:
+    """The path of a system binary; skip on a laptop without it, fail in CI."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI but is not installed")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture
+def fault_server() -> Iterator[FaultServer]:
+    with FaultServer() as server:
+        yield server
+
+
+@dataclass
+class Instrumented:
+    """httpx instrumented in-process, with in-memory telemetry."""
+
+    spans_exporter: InMemorySpanExporter
+    metric_reader: InMemoryMetricReader
+    layer: ResilienceLayer
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.spans_exporter.get_finished_spans())
+
+    def client_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.kind.name == "CLIENT"]
+
+    def metric_points(self, name: str) -> list[tuple[dict, object]]:
+        data = self.metric_reader.get_metrics_data()
+        points = []
+        for resource_metrics in data.resource_metrics if data else []:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name == name:
+                        for point in metric.data.data_points:
+                            points.append((dict(point.attributes), point))
+        return points
+
+    def counter_total(self, name: str, **attributes: object) -> float:
+        total = 0.0
+        for attrs, point in self.metric_points(name):
+            if all(attrs.get(k.replace("_", ".")) == v for k, v in attributes.items()):
+                total += point.value  # type: ignore[attr-defined]
+        return total
+
+
+# Tests run with quick, deterministic-ish retries unless they override.
+FAST = {
+    "retry_initial_wait": 0.01,
+    "retry_max_wait": 0.05,
+    "retry_jitter": 0.0,
+}
+
+
+@pytest.fixture
+def instrument() -> Iterator:
+    """`instrument(**settings)` instruments httpx (upstream + ours) until the test ends."""
+    active: list[tuple[OtelIntegrationInstrumentor, HTTPXClientInstrumentor]] = []
+
+    def start(**overrides: object) -> Instrumented:
+        settings = replace(Settings(), **{**FAST, **overrides})
+        exporter = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(AttemptSpanProcessor())
+        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        reader = InMemoryMetricReader()
+        meter_provider = MeterProvider(metric_readers=[reader])
+        upstream = HTTPXClientInstrumentor()
+        upstream.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        ours = OtelIntegrationInstrumentor()
+        ours.instrument(settings=settings, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        active.append((ours, upstream))
+        assert OtelIntegrationInstrumentor.layer is not None
+        return Instrumented(exporter, reader, OtelIntegrationInstrumentor.layer)
+
+    yield start
+    for ours, upstream in active:
+        ours.uninstrument()
+        upstream.uninstrument()
+
+
+@pytest.fixture(autouse=True)
+def _stamina_live() -> Iterator[None]:
+    """Tests measure real retries: make sure no test leaves stamina switched off."""
+    yield
+    stamina.set_active(True)
+    stamina.set_testing(False)

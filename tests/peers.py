@@ -1,0 +1,139 @@
+"""Real peers for the tests: an HTTP server on 127.0.0.1 that injects faults.
+
+Paths (all answer JSON with the request headers they saw, unless said):
+- ``/ok``                               200
+- ``/status/<code>``                    always <code>; ``?retry_after=<v>`` adds Retry-After
+- ``/flaky/<key>?fail=N&status=503``    first N requests for <key> fail with status, then 200
+- ``/slow?delay=<s>``                   sleeps, then 200
+- ``/reset``                            closes the connection without answering
+- ``/reset-once/<key>``                 closes the first time for <key>, then 200
+
+Every request is recorded in `FaultServer.requests` (method, path, headers).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    at: float
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence
+        pass
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        elif self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().strip() or b"0", 16)
+                self.rfile.read(size + 2)
+                if size == 0:
+                    break
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        with self.server.lock:
+            self.server.requests.append(SeenRequest(self.command, url.path, headers, time.monotonic()))
+        parts = url.path.strip("/").split("/")
+        status, extra = 200, {}
+        if parts[0] == "status":
+            status = int(parts[1])
+            if "retry_after" in query:
+                extra["Retry-After"] = query["retry_after"]
+        elif parts[0] == "flaky":
+            with self.server.lock:
+                self.server.counts[parts[1]] += 1
+                seen = self.server.counts[parts[1]]
+            if seen <= int(query.get("fail", "1")):
+                status = int(query.get("status", "503"))
+                if "retry_after" in query:
+                    extra["Retry-After"] = query["retry_after"]
+        elif parts[0] == "slow":
+            time.sleep(float(query.get("delay", "1")))
+        elif parts[0] == "reset":
+            self._reset()
+            return
+        elif parts[0] == "reset-once":
+            with self.server.lock:
+                self.server.counts[parts[1]] += 1
+                first = self.server.counts[parts[1]] == 1
+            if first:
+                self._reset()
+                return
+        body = json.dumps({"path": url.path, "headers": headers}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _reset(self) -> None:
+        # SO_LINGER 0: the client sees a reset, not a clean close.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.requests: list[SeenRequest] = []
+        self.counts: Counter[str] = Counter()
+
+
+class FaultServer:
+    def __init__(self) -> None:
+        self._server = _Server()
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def requests(self) -> list[SeenRequest]:
+        with self._server.lock:
+            return list(self._server.requests)
+
+    def requests_to(self, path: str) -> list[SeenRequest]:
+        return [r for r in self.requests if r.path == path]
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
