@@ -41,7 +41,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message

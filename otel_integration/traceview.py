@@ -13,10 +13,11 @@
 A trace renders as one line per span, children indented under their parent and
 ordered by start time; spans whose parent never arrived are shown at root level::
 
-    trace 4bf92f3577b34da6a3ce929d0e0e4736  3 spans  120.0 ms
-    frontend  GET /checkout SERVER      |██████████████████████████| 120.0 ms OK
-    └─ frontend  GET CLIENT             |  ███████                 |  30.0 ms ERROR  HTTP 503  req=ab12
-       └─ ...
+    trace af8c77773b8a24a440b0c43489a00bfc  4 spans  32.2 ms  2 ERROR
+    demo: GET /checkout SERVER   |████████████████████|   32.2 ms
+    ├─ demo: GET CLIENT          |███████             |   10.4 ms ERROR HTTP 503 error.type=503 req=abc-123
+    ├─ demo: GET CLIENT          |      ███████       |   10.4 ms ERROR HTTP 503 retry #1 error.type=503 req=abc-123
+    └─ demo: GET CLIENT          |             ███████|   10.3 ms HTTP 200 retry #2 req=abc-123
 
 Every value shown comes from the network, so all of it goes through :func:`clean`:
 control/format characters (ANSI escapes, bidi overrides, newlines) are dropped and long

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -295,7 +294,7 @@ def test_a_failing_on_spans_callback_does_not_fail_exports(receiver: OTLPReceive
     assert receiver.requests()[-1].status == 200
 
 
-def test_cli_prints_a_received_trace(tmp_path: Path) -> None:
+def test_cli_prints_a_received_trace() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "otel_integration.receiver", "--port", "0", "--duration", "3"],
