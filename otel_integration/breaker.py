@@ -78,7 +78,7 @@ _PRIVATE = {v: k for k, v in _PUBLIC.items()}
 REDIS_SOCKET_TIMEOUT = 0.25  # seconds, connect and read
 REDIS_RETRY_BACKOFF = 5.0  # seconds without trying Redis after a failure
 _REDIS_KEY_TTL_MIN = 3600  # seconds; a breaker key nobody touches expires
-_TXN_ATTEMPTS = 16  # optimistic (WATCH) transaction attempts under contention
+_TXN_ATTEMPTS = 64  # optimistic (WATCH) transaction attempts; each conflict means another writer progressed
 
 
 class _Failure(Exception):
@@ -262,7 +262,8 @@ class Breaker:
     def state(self) -> str:
         """"closed", "half_open" or "open" (open reads as half_open once ``open_seconds`` passed).
 
-        A pure read of the local view: the transition itself (and its
+        A pure read of the local view, no I/O (with Redis storage: the state
+        seen by this process's last call).  The transition itself (and its
         ``on_transition`` call) happens at the next `admit`.
         """
         with self._lock:
