@@ -56,7 +56,6 @@ from purgatory.domain.model import (
     CLOSED,
     HALF_OPENED,
     OPENED,
-    ClosedState,
     Context,
     HalfOpenedState,
     OpenedState,

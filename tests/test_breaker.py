@@ -20,7 +20,6 @@ import pytest
 from purgatory import AsyncCircuitBreakerFactory, SyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
-from otel_integration import breaker as breaker_module
 from otel_integration.breaker import KEY_PREFIX, BreakerRegistry, BreakerStatus, mask_url
 from otel_integration.errors import CircuitOpenError
 
