@@ -88,6 +88,11 @@ class Span:
     scope_name: str = ""
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
+    def __hash__(self) -> int:
+        # The dict fields make the generated hash fail; ids identify a span anyway, and
+        # equal spans have equal ids, so this stays consistent with __eq__.
+        return hash((self.trace_id, self.span_id))
+
     @property
     def service_name(self) -> str:
         return str(self.resource.get("service.name", ""))
@@ -452,6 +457,10 @@ class _Handler(BaseHTTPRequestHandler):
                 payload, reply_type = json_format.MessageToJson(response).encode(), _JSON
             else:
                 payload, reply_type = response.SerializeToString(), _PROTOBUF
+        if size < 0:
+            # The body (if any) is still unread on the socket; on a kept-alive connection
+            # it would be parsed as the next request. Hang up after this answer instead.
+            self.close_connection = True
         # Record before replying: whoever saw the export succeed can also see the request.
         receiver._record(RequestInfo("POST", path, status, ctype, cenc, size))
         self._reply(status, payload, reply_type)

@@ -351,3 +351,34 @@ def test_stop_hangs_up_on_keep_alive_connections() -> None:
         conn.getresponse()
     conn.close()
     assert len(rx.requests()) == 1
+
+
+def test_rejected_bodies_do_not_poison_a_kept_alive_connection(receiver: OTLPReceiver) -> None:
+    # A request rejected before its body was read (404, 415, 413...) leaves the body on
+    # the socket; were the connection kept, that body would be parsed as a request.
+    smuggled = b"GET /v1/traces HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/nope HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/x-protobuf\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+        reply = b""
+        while chunk := sock.recv(65536):  # the server hangs up: recv returns b""
+            reply += chunk
+    assert reply.count(b"HTTP/1.1 ") == 1
+    assert reply.startswith(b"HTTP/1.1 404") and b"Connection: close" in reply
+
+
+def test_chunked_request_bodies_are_accepted(receiver: OTLPReceiver) -> None:
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="chunked")
+    body = request.SerializeToString()
+    conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=5)
+    try:
+        conn.request("POST", "/v1/traces", body=iter([body[:5], body[5:]]),
+                     headers={"Content-Type": "application/x-protobuf"}, encode_chunked=True)
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    (span,) = receiver.spans()
+    assert (span.name, span.trace_id, span.span_id) == ("chunked", "01" * 16, "02" * 8)
