@@ -7,10 +7,16 @@ environment variable is set (CI installs Debian's `prometheus` package).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -208,3 +214,202 @@ def test_promtool_check_rules():
 def test_promtool_test_rules():
     result = run_promtool("test", "rules", ALERTS_TEST.name)
     assert "SUCCESS" in result.stdout
+
+
+# --- end to end: a real Prometheus server evaluates the rules ------------------------
+#
+# The distro's real instruments (otel_integration.telemetry.Instruments) record
+# a failing downstream and a healthy one; a tiny HTTP server renders them the
+# way the collector's `prometheus` exporter does (prometheus_name(), attribute
+# dots -> underscores, service.name -> job, service.instance.id -> instance);
+# a real `prometheus` scrapes it every second and evaluates alerts.yml. Only the
+# `for:` durations are set to 0 so the test takes seconds, not minutes; the
+# expressions are the committed ones.
+
+FAILING = {"server.address": "payments.internal", "server.port": 443, "peer.service": "payments"}
+HEALTHY = {"server.address": "inventory.internal", "server.port": 8080}
+
+
+def _label_value(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(attributes: dict, resource: dict, extra: dict | None = None) -> str:
+    labels = {"job": resource["service.name"], "instance": resource["service.instance.id"]}
+    labels.update({k.replace(".", "_"): v for k, v in attributes.items()})
+    labels.update(extra or {})
+    return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+def render_exposition(metrics_data) -> str:
+    """Prometheus text format, named the way the collector's exporter names it."""
+    specs = {s.name: s for s in (*telemetry.INSTRUMENTS, *telemetry.UPSTREAM_INSTRUMENTS)}
+    lines = []
+    for rm in metrics_data.resource_metrics:
+        resource = dict(rm.resource.attributes)
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                spec = specs[metric.name]
+                name = telemetry.prometheus_name(spec)
+                kind = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}[spec.kind]
+                lines.append(f"# TYPE {name} {kind}")
+                for point in metric.data.data_points:
+                    attrs = dict(point.attributes)
+                    if spec.kind != "histogram":
+                        lines.append(f"{name}{_labels(attrs, resource)} {point.value}")
+                        continue
+                    cumulative = 0
+                    for bound, count in zip((*point.explicit_bounds, "+Inf"), point.bucket_counts):
+                        cumulative += count
+                        lines.append(f"{name}_bucket{_labels(attrs, resource, {'le': bound})} {cumulative}")
+                    lines.append(f"{name}_sum{_labels(attrs, resource)} {point.sum}")
+                    lines.append(f"{name}_count{_labels(attrs, resource)} {point.count}")
+    return "\n".join(lines) + "\n"
+
+
+class FakeService:
+    """The distro's instruments, fed a little more traffic at every scrape."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.resources import Resource
+
+        self.reader = InMemoryMetricReader()
+        provider = MeterProvider(
+            metric_readers=[self.reader],
+            resource=Resource.create({"service.name": "checkout", "service.instance.id": "checkout-1"}),
+        )
+        self.instruments = telemetry.Instruments(meter_provider=provider)
+        (duration,) = telemetry.UPSTREAM_INSTRUMENTS
+        self.duration = provider.get_meter("opentelemetry.instrumentation.httpx").create_histogram(
+            duration.name,
+            unit=duration.unit,
+            explicit_bucket_boundaries_advisory=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        )
+        values = telemetry.BREAKER_STATE_VALUES
+        self.instruments.breaker_state.set(values["open"], FAILING)
+        self.instruments.breaker_state.set(values["closed"], HEALTHY)
+        self.instruments.dependency_health.set(0, FAILING)
+        self.instruments.dependency_health.set(1, HEALTHY)
+        self.lock = threading.Lock()
+
+    def step(self) -> None:
+        get = {"http.request.method": "GET"}
+        for _ in range(20):
+            self.duration.record(2.0, {**FAILING, **get, "http.response.status_code": 200})
+            self.duration.record(0.02, {**HEALTHY, **get, "http.response.status_code": 200})
+        for _ in range(5):
+            self.duration.record(
+                2.0, {**FAILING, **get, "http.response.status_code": 503, "error.type": "503"}
+            )
+            # 404s are the caller's fault: never an error-rate alert.
+            self.duration.record(
+                0.02, {**HEALTHY, **get, "http.response.status_code": 404, "error.type": "404"}
+            )
+        self.instruments.retries.add(3, {**FAILING, "error.type": "503"})
+        self.instruments.retry_budget_exhausted.add(2, FAILING)
+        self.instruments.breaker_storage_errors.add(1, FAILING)
+
+    def exposition(self) -> str:
+        with self.lock:
+            self.step()
+            return render_exposition(self.reader.get_metrics_data())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+
+@pytest.mark.slow
+def test_prometheus_fires_the_alerts_end_to_end(tmp_path):
+    prometheus = require_binary("prometheus")
+    service = FakeService()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = service.exposition().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    exporter = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+
+    rules = yaml.safe_load(ALERTS.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = "0s"
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
+    config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
+    config["scrape_configs"] = [
+        {
+            "job_name": "otel-collector-apps",
+            "honor_labels": True,
+            "static_configs": [{"targets": [f"127.0.0.1:{exporter.server_address[1]}"]}],
+        }
+    ]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("w"),
+    )
+    expected = {
+        "HttpClientCircuitBreakerOpen",
+        "HttpClientHighErrorRate",
+        "HttpClientHighLatency",
+        "HttpClientRetryBudgetExhausted",
+        "HttpClientDependencyUnhealthy",
+        "HttpClientCircuitBreakerStorageErrors",
+    }
+    firing: list[dict] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
+            try:
+                alerts = _get_json(f"http://127.0.0.1:{port}/api/v1/alerts")["data"]["alerts"]
+            except OSError:
+                alerts = []
+            firing = [a for a in alerts if a["state"] == "firing"]
+            if {a["labels"]["alertname"] for a in firing} >= expected:
+                break
+            time.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        exporter.shutdown()
+
+    names = {a["labels"]["alertname"] for a in firing}
+    assert names == expected, f"firing: {sorted(names)}"
+    for alert in firing:
+        labels = alert["labels"]
+        assert labels["job"] == "checkout", labels
+        if labels["alertname"] != "HttpClientCircuitBreakerStorageErrors":
+            # Only the failing downstream alerts; the healthy one (with 404s) stays quiet.
+            assert labels["server_address"] == "payments.internal", labels
+            assert labels["server_port"] == "443" and labels["peer_service"] == "payments", labels
+        assert alert["annotations"]["runbook_url"] == f"docs/runbooks/{labels['alertname']}.md"
