@@ -36,7 +36,6 @@ _logger = logging.getLogger(__name__)
 
 NAME = "otel_integration"
 OTEL_SEMCONV_STABILITY_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
-CAPTURE_CLIENT_REQUEST_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
 
 # Applied with setdefault: a variable the user set always wins.
 DEFAULTS = {
@@ -61,7 +60,6 @@ def apply_environment_defaults(environ: os._Environ[str] | dict[str, str] = os.e
     for name, value in DEFAULTS.items():
         environ.setdefault(name, value)
     settings = Settings.from_env(environ, log=False)
-    _add_captured_header(environ, settings.request_id_header.lower())
     if not user_set_propagators:
         # opentelemetry.propagate read OTEL_PROPAGATORS when it was imported,
         # possibly before the default above existed (opentelemetry-python #4679).
@@ -76,13 +74,6 @@ def default_propagator(settings: Settings) -> CompositePropagator:
             RequestIdPropagator(settings.request_id_header, settings.request_id_incoming_headers),
         ]
     )
-
-
-def _add_captured_header(environ: os._Environ[str] | dict[str, str], header: str) -> None:
-    """Record the request-ID header on client spans (`http.request.header.x-request-id`)."""
-    current = [h.strip() for h in environ.get(CAPTURE_CLIENT_REQUEST_HEADERS, "").split(",") if h.strip()]
-    if header not in (h.lower() for h in current):
-        environ[CAPTURE_CLIENT_REQUEST_HEADERS] = ",".join([*current, header])
 
 
 class OtelIntegrationDistro(BaseDistro):

@@ -5,7 +5,9 @@ attempt (it wraps `httpx.HTTPTransport`). It does not know which attempt of a
 logical call it is tracing, so the retry transport publishes that in a
 context variable and `AttemptSpanProcessor` copies it onto the span when the
 span starts: `http.request.resend_count` for resends (stable HTTP semantic
-conventions) and `peer.service` for logically named downstreams.
+conventions), the correlation ID as `http.request.header.x-request-id` (the
+semconv form of a captured header; the upstream header capture would write
+`x_request_id`) and `peer.service` for logically named downstreams.
 
 A call that never reaches the network (rejected by an open breaker) has no
 upstream span; `record_rejected_call` creates the CLIENT span for it.
@@ -32,8 +34,14 @@ REQUEST_BODY_NOT_REPLAYABLE = "otel_integration.request.body_not_replayable"
 @dataclass(frozen=True)
 class AttemptInfo:
     resend_count: int
+    request_id_attribute: str  # http.request.header.<name>
+    request_id: tuple[str]
     peer_service: str | None
     body_not_replayable: bool = False
+
+
+def request_id_attribute(header: str) -> str:
+    return "http.request.header." + header.lower()
 
 
 current_attempt: contextvars.ContextVar[AttemptInfo | None] = contextvars.ContextVar(
@@ -51,6 +59,7 @@ class AttemptSpanProcessor(SpanProcessor):
         scope = span.instrumentation_scope
         if scope is None or scope.name != HTTPX_SCOPE:
             return
+        span.set_attribute(attempt.request_id_attribute, attempt.request_id)
         if attempt.resend_count:
             span.set_attribute(RESEND_COUNT, attempt.resend_count)
         if attempt.peer_service:
@@ -76,21 +85,21 @@ def record_rejected_call(
     port: int,
     url: str,
     error: BaseException,
-    resend_count: int,
-    peer_service: str | None,
+    attempt: AttemptInfo,
 ) -> None:
     """A CLIENT span for a call failed fast without network I/O."""
-    attributes: dict[str, str | int] = {
+    attributes: dict[str, str | int | tuple[str]] = {
         "http.request.method": method,
         "server.address": host,
         "server.port": port,
         "url.full": url,
         "error.type": qualified_name(type(error)),
+        attempt.request_id_attribute: attempt.request_id,
     }
-    if resend_count:
-        attributes[RESEND_COUNT] = resend_count
-    if peer_service:
-        attributes[PEER_SERVICE] = peer_service
+    if attempt.resend_count:
+        attributes[RESEND_COUNT] = attempt.resend_count
+    if attempt.peer_service:
+        attributes[PEER_SERVICE] = attempt.peer_service
     span = tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
     span.set_status(Status(StatusCode.ERROR, str(error)))
     span.end()

@@ -43,7 +43,7 @@ from otel_integration import policy
 from otel_integration.errors import CircuitOpenError, qualified_name
 from otel_integration.layer import Downstream, ResilienceLayer
 from otel_integration.propagation import get_request_id, new_request_id, set_request_id, valid_request_id
-from otel_integration.tracing import AttemptInfo, current_attempt, record_rejected_call
+from otel_integration.tracing import AttemptInfo, current_attempt, record_rejected_call, request_id_attribute
 
 EXTENSION = "otel_integration"
 
@@ -103,7 +103,14 @@ class _Call:
     # --- per-attempt bookkeeping -------------------------------------------------
 
     def attempt_info(self, resend_count: int) -> AttemptInfo:
-        return AttemptInfo(resend_count, self.downstream.peer_service, not self.replayable)
+        settings = self.layer.settings
+        return AttemptInfo(
+            resend_count,
+            request_id_attribute(settings.request_id_header),
+            (self.request.headers[settings.request_id_header],),
+            self.downstream.peer_service,
+            not self.replayable,
+        )
 
     def rejected(self, error: CircuitOpenError, resend_count: int) -> CircuitOpenError:
         """Record a fast-failed attempt (span, metric) and return a fresh error."""
@@ -117,8 +124,7 @@ class _Call:
             port=self.downstream.port,
             url=redact_url(str(self.request.url)) or "",
             error=error,
-            resend_count=resend_count,
-            peer_service=self.downstream.peer_service,
+            attempt=self.attempt_info(resend_count),
         )
         return error
 

@@ -9,7 +9,6 @@ import pytest
 
 # Read once per process by the upstream instrumentations: set before they load.
 os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
-os.environ.setdefault("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "x-request-id")
 
 import stamina  # noqa: E402
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: E402
