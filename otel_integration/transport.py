@@ -30,6 +30,7 @@ dict with any of ``retry`` (False disables retries), ``attempts`` and
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,8 @@ from otel_integration.propagation import get_request_id, new_request_id, set_req
 from otel_integration.tracing import AttemptInfo, current_attempt, record_rejected_call, request_id_attribute
 
 EXTENSION = "otel_integration"
+
+_logger = logging.getLogger(__name__)
 
 
 class _RetryableOutcome(Exception):
@@ -243,6 +246,28 @@ def _begin(layer: ResilienceLayer, request: httpx.Request) -> object | None:
     return None
 
 
+_prepare_failures_logged = False
+
+
+def _prepare(layer: ResilienceLayer, request: httpx.Request) -> tuple[_Call, object | None] | None:
+    """Set up the call; None (the request goes out unprotected) if our own code fails.
+
+    A bug or a bad per-request override in the distro must never fail the
+    user's request: it is logged once and the call bypasses the layer.
+    """
+    global _prepare_failures_logged
+    token = None
+    try:
+        token = _begin(layer, request)
+        return _Call.start(layer, request), token
+    except Exception:
+        _end(token)
+        if not _prepare_failures_logged:
+            _prepare_failures_logged = True
+            _logger.exception("otel-integration: could not set up retries for a request; sending it unprotected")
+        return None
+
+
 def _end(token: object | None) -> None:
     if token is not None:
         otel_context.detach(token)  # type: ignore[arg-type]
@@ -281,9 +306,11 @@ class ResilientTransport(httpx.BaseTransport):
         self.layer = layer
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        token = _begin(self.layer, request)
+        prepared = _prepare(self.layer, request)
+        if prepared is None:
+            return self.transport.handle_request(request)
+        call, token = prepared
         try:
-            call = _Call.start(self.layer, request)
             first = self._attempt(call, 0)
             if isinstance(first, httpx.Response):
                 return first
@@ -339,9 +366,11 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         self.layer = layer
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        token = _begin(self.layer, request)
+        prepared = _prepare(self.layer, request)
+        if prepared is None:
+            return await self.transport.handle_async_request(request)
+        call, token = prepared
         try:
-            call = _Call.start(self.layer, request)
             first = await self._attempt(call, 0)
             if isinstance(first, httpx.Response):
                 return first
