@@ -55,6 +55,7 @@ class ResilienceLayer:
         self._downstreams: OrderedDict[tuple[str, int], Downstream] = OrderedDict()
         self._lock = threading.Lock()
         self._before_send: list[BeforeSend] = []
+        self.prepare_failure_logged = False  # see transport._prepare
         self.breakers = BreakerRegistry(
             threshold=settings.breaker_threshold,
             open_seconds=settings.breaker_open_seconds,

@@ -246,24 +246,20 @@ def _begin(layer: ResilienceLayer, request: httpx.Request) -> object | None:
     return None
 
 
-_prepare_failures_logged = False
-
-
 def _prepare(layer: ResilienceLayer, request: httpx.Request) -> tuple[_Call, object | None] | None:
     """Set up the call; None (the request goes out unprotected) if our own code fails.
 
     A bug or a bad per-request override in the distro must never fail the
     user's request: it is logged once and the call bypasses the layer.
     """
-    global _prepare_failures_logged
     token = None
     try:
         token = _begin(layer, request)
         return _Call.start(layer, request), token
     except Exception:
         _end(token)
-        if not _prepare_failures_logged:
-            _prepare_failures_logged = True
+        if not layer.prepare_failure_logged:
+            layer.prepare_failure_logged = True
             _logger.exception("otel-integration: could not set up retries for a request; sending it unprotected")
         return None
 
