@@ -49,6 +49,8 @@ class ResilienceLayer:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.settings = settings
+        # Kept so later parts (health statistics) can add span processors to it.
+        self.tracer_provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         self.instruments = Instruments(meter_provider)
         self._names_by_address = {address: name for name, address in settings.services.items()}
