@@ -16,7 +16,7 @@ import httpx
 from fastapi import HTTPException
 from pydantic import BaseModel
 
-from common import create_app, service_url
+from common import create_app, log_requests, service_url
 
 app, logger = create_app("catalog", "catalog")
 extract = httpx.Client(base_url=service_url("extract"), timeout=5.0)
@@ -82,3 +82,6 @@ def _quality(doc_id: str) -> dict:
     has_schema = doc.get("schema") is not None
     score = round(0.5 + 0.3 * has_schema + min(entities, 5) * 0.04, 2)
     return {"doc_id": doc_id, "score": score, "entities": entities, "schema": has_schema}
+
+
+log_requests(app, logger)

@@ -24,6 +24,17 @@ def create_app(name: str, title: str) -> tuple[FastAPI, logging.Logger]:
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
 
+    @app.get("/livez")
+    def livez() -> dict:
+        return {"status": "alive", "service": name}
+
+    return app, logger
+
+
+def log_requests(app: FastAPI, logger: logging.Logger) -> None:
+    """One log line per request. Call it last: the last middleware added is the outermost,
+    so the line is written for every request, also those another middleware answered."""
+
     @app.middleware("http")
     async def log_request(request: Request, call_next):
         # One line per request; the distro adds request_id/trace_id/span_id to the record.
@@ -41,9 +52,3 @@ def create_app(name: str, title: str) -> tuple[FastAPI, logging.Logger]:
                 status,
                 (time.perf_counter() - started) * 1000,
             )
-
-    @app.get("/livez")
-    def livez() -> dict:
-        return {"status": "alive", "service": name}
-
-    return app, logger

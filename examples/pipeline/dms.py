@@ -19,7 +19,7 @@ import httpx
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from common import create_app, service_url
+from common import create_app, log_requests, service_url
 
 app, logger = create_app("dms", "dms")
 extract = httpx.AsyncClient(base_url=service_url("extract"), timeout=5.0)
@@ -90,3 +90,6 @@ async def create_document(new: NewDocument) -> dict:
         "catalog_id": registration["catalog_id"],
         "quality": registration["quality"],
     }
+
+
+log_requests(app, logger)

@@ -22,7 +22,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from common import create_app, service_url
+from common import create_app, log_requests, service_url
 
 app, logger = create_app("extract", "extract")
 catalog = httpx.AsyncClient(base_url=service_url("catalog"), timeout=5.0)
@@ -117,3 +117,6 @@ async def extract(doc: Document) -> dict:
 async def schema(doc_id: str) -> dict:
     digest = hashlib.sha256(doc_id.encode()).hexdigest()
     return {"doc_id": doc_id, "schema": {"fields": ["title", "body", "entities"], "fingerprint": digest[:12]}}
+
+
+log_requests(app, logger)
