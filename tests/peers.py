@@ -137,3 +137,26 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class _QuickHandler(_Handler):
+    # TCP_NODELAY: the status line + headers and the body are two writes; with
+    # Nagle's algorithm and the client's delayed ACK every response costs ~40 ms.
+    disable_nagle_algorithm = True
+
+
+class QuickFaultServer(FaultServer):
+    """A `FaultServer` for test files with many short tests.
+
+    Same endpoints, same behaviour, but ~40 ms faster per request (TCP_NODELAY,
+    see `_QuickHandler`) and it stops in milliseconds (`serve_forever` polls for
+    shutdown every 0.5 s by default, so each `FaultServer.__exit__` costs up to
+    half a second).
+    """
+
+    def __init__(self, poll_interval: float = 0.02) -> None:
+        super().__init__()
+        self._server.RequestHandlerClass = _QuickHandler
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": poll_interval}, daemon=True
+        )
