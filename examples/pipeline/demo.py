@@ -98,25 +98,29 @@ def pick_examples(results: list[Result]) -> list[tuple[str, Result]]:
     return chosen
 
 
-def resilience_table(points: list[Any]) -> str:
-    """Retries, budget, breaker transitions and fast failures per caller and downstream."""
+def resilience_table(points: list[Any], names: dict[str, str] | None = None) -> str:
+    """Attempts, retries, budget, breaker transitions and fast failures per caller and
+    downstream. ``names`` maps "host:port" to a logical name for series without peer.service."""
+    names = names or {}
     latest: dict[tuple, Any] = {}
     for p in points:
-        if not p.name.startswith("http.client.") or p.name == "http.client.request.duration":
+        if not p.name.startswith("http.client."):
             continue
         key = (p.service_name, p.name, tuple(sorted((k, str(v)) for k, v in p.attributes.items())))
         if key not in latest or p.time_ns >= latest[key].time_ns:
             latest[key] = p
     rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
-        lambda: {"retries": 0, "budget": 0, "rejections": 0, "transitions": defaultdict(int),
-                 "state": None})
+        lambda: {"attempts": 0, "retries": 0, "budget": 0, "rejections": 0,
+                 "transitions": defaultdict(int), "state": None})
     states = {0: "closed", 1: "half_open", 2: "open"}
     for (service, name, _), p in latest.items():
-        target = str(p.attributes.get("peer.service")
-                     or f"{p.attributes.get('server.address')}:{p.attributes.get('server.port')}")
+        address = f"{p.attributes.get('server.address')}:{p.attributes.get('server.port')}"
+        target = str(p.attributes.get("peer.service") or names.get(address, address))
         row = rows[(service, target)]
         value = p.value or 0
-        if name == "http.client.retries":
+        if name == "http.client.request.duration":
+            row["attempts"] += p.count or 0
+        elif name == "http.client.retries":
             row["retries"] += value
         elif name == "http.client.retry_budget.exhausted":
             row["budget"] += value
@@ -128,14 +132,15 @@ def resilience_table(points: list[Any]) -> str:
             row["state"] = states.get(int(value), str(value))
     if not rows:
         return "  (no resilience metrics received)"
-    header = ("caller", "downstream", "retries", "budget exhausted", "fast-failed",
+    header = ("caller", "downstream", "attempts", "retries", "budget exhausted", "fast-failed",
               "breaker transitions", "breaker now")
     table = [header]
     for (service, target), row in sorted(rows.items()):
         order = ("open", "half_open", "closed")
         transitions = ", ".join(f"->{s} x{int(row['transitions'][s])}"
                                 for s in order if row["transitions"].get(s)) or "-"
-        table.append((service, target, str(int(row["retries"])), str(int(row["budget"])),
+        table.append((service, target, str(int(row["attempts"])), str(int(row["retries"])),
+                      str(int(row["budget"])),
                       str(int(row["rejections"])), transitions, row["state"] or "closed"))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     return "\n".join("  " + "  ".join(f"{c:<{w}}" for c, w in zip(r, widths)).rstrip()
@@ -197,10 +202,19 @@ def main(argv: list[str] | None = None) -> int:
         def on_result(result: Result) -> None:
             print(describe(result, p), flush=True)
 
-        results = pipe.run_phases(on_result=on_result, on_phase=on_phase)
-        if pipe.health is not None:
-            print(p.dim(f"  dms {pipe.health['status']} GET /healthz while extract was down: "
-                        f"{pipe.health['body']}"))
+        def on_health(health: dict[str, Any] | None) -> None:
+            if health is None:
+                return  # no health endpoint (OTEL_INTEGRATION_HEALTH_PATH unsupported)
+            body = health["body"]
+            if isinstance(body, dict) and isinstance(body.get("dependencies"), dict):
+                deps = ", ".join(f"{name} {dep.get('status')} (breaker {dep.get('breaker')})"
+                                 for name, dep in body["dependencies"].items())
+                text = f"{body.get('status')}: {deps}"
+            else:
+                text = str(body)
+            print(f"  GET dms/healthz -> {health['status']}  {text}", flush=True)
+
+        results = pipe.run_phases(on_result=on_result, on_phase=on_phase, on_health=on_health)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the services", file=sys.stderr)
         pipe.stop()
@@ -224,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             print(render_trace(trace, width=width, color=color) if trace else "  (trace not received)")
             print()
         p.heading("resilience metrics per downstream")
-        print(resilience_table(pipe.receiver.metrics()))
+        names = {f"127.0.0.1:{s.port}": s.name for s in pipe.services.values()}
+        print(resilience_table(pipe.receiver.metrics(), names))
+        print(p.dim("  attempts: HTTP requests sent (http.client.request.duration); fast-failed: "
+                    "calls rejected by an open breaker, without I/O"))
         print(p.dim(f"  received {len(spans)} spans, {len(pipe.receiver.metrics())} metric points, "
                     f"{len(pipe.receiver.logs())} log records"))
         pipe.close_receiver()

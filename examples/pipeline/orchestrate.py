@@ -203,7 +203,7 @@ class Pipeline:
             "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "x-request-id",
             "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE": "x-request-id",
             # The distro: logical names (peer.service), fast retries, a short breaker.
-            "OTEL_INTEGRATION_SERVICES": ",".join(f"{n}={s[n].url}" for n in SERVICES),
+            "OTEL_INTEGRATION_SERVICES": ",".join(f"{n}={s[n].url}" for n in SERVICES if n != name),
             "OTEL_INTEGRATION_RETRY_INITIAL_WAIT": "0.05",
             "OTEL_INTEGRATION_RETRY_JITTER": "0.05",
             "OTEL_INTEGRATION_RETRY_MAX_WAIT": "0.5",
@@ -305,7 +305,8 @@ class Pipeline:
                   {"mode": "ok"}, 2, wait_before=self.breaker_open_seconds + 0.3),
         ]
 
-    def run_phases(self, on_result: Any = None, on_phase: Any = None) -> list[Result]:
+    def run_phases(self, on_result: Any = None, on_phase: Any = None,
+                   on_health: Any = None) -> list[Result]:
         for phase in self.phases():
             if on_phase:
                 on_phase(phase)
@@ -321,6 +322,8 @@ class Pipeline:
                     on_result(result)
             if phase.name == "down":
                 self.health = self.dependency_health()
+                if on_health:
+                    on_health(self.health)
         self.settle_metrics()
         return self.results
 
