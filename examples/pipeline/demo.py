@@ -251,15 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     example = next((r.request_id for r in results if r.phase == "flaky" and r.request_id), ids[0])
     print(f"  service logs: {workdir}/{{dms,extract,catalog}}.log (one line per request, with request_id)")
     if pipe.receiver is None:
-        print(f"  Jaeger: {JAEGER_URL}  ->  Service: dms, Tags: http.request.header.x-request-id={example}")
+        print(f"  Jaeger: {JAEGER_URL}  ->  Search, Service: dms, "
+              f"Tags: http.request.header.x-request-id=[\"{example}\"]")
+        print("  (header attributes are string arrays; Jaeger matches them as that JSON text)")
         print(f"  (the demo's X-Request-IDs: {', '.join(ids)})")
     else:
         print(f"  Jaeger: {JAEGER_URL} once the stack in collector/ is up "
               "(docker compose -f collector/compose.yaml up -d), then:")
         print(f"    OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 {Path(sys.executable).name} "
               f"examples/pipeline/demo.py")
-        print(f"    and search Service: dms, Tags: http.request.header.x-request-id=<id>, "
-              f"e.g. {example}")
+        print(f"    and search Service: dms, Tags: http.request.header.x-request-id=[\"<id>\"], "
+              f"e.g. [\"{example}\"]")
     print("  live traces without Docker: python -m otel_integration.receiver --port 4318")
     status = "no service process left running" if not leftovers else \
         p.paint(f"processes still alive: {leftovers}", "31")
