@@ -35,6 +35,8 @@ calls to that downstream fail fast with `DownstreamUnhealthyError`, and the
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import http.client
 import json
 import math
@@ -47,15 +49,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import SpanKind
+import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.http import redact_url
 
-from otel_integration.errors import DownstreamUnhealthyError
+from otel_integration.errors import DownstreamUnhealthyError, qualified_name
 from otel_integration.layer import Downstream, ResilienceLayer
 from otel_integration.telemetry import SCOPE
-from otel_integration.tracing import HTTPX_SCOPE, PEER_SERVICE, record_rejected_call
+from otel_integration.tracing import HTTPX_SCOPE, PEER_SERVICE
 
 WINDOW = 64  # latencies kept per downstream
 PROBE_TIMEOUT = 2.0
@@ -133,6 +135,42 @@ class Probe:
             pass
 
 
+_pending_request: contextvars.ContextVar[httpx.Request | None] = contextvars.ContextVar(
+    "otel_integration_pending_request", default=None
+)
+
+
+def _record_rejection(
+    layer: ResilienceLayer, downstream: Downstream, request: httpx.Request | None, error: BaseException
+) -> None:
+    """A CLIENT span (ERROR) for a call failed fast by a failing probe: no I/O happened."""
+    method = request.method if request is not None else "HTTP"
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "server.address": downstream.host,
+        "server.port": downstream.port,
+        "error.type": qualified_name(type(error)),
+    }
+    if request is not None:
+        attributes["url.full"] = redact_url(str(request.url)) or ""
+        request_id = request.headers.get(layer.settings.request_id_header)
+        if request_id:
+            attributes["http.request.header." + layer.settings.request_id_header.lower()] = (request_id,)
+    if downstream.peer_service:
+        attributes[PEER_SERVICE] = downstream.peer_service
+    span = layer.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
+    span.set_status(Status(StatusCode.ERROR, str(error)))
+    span.end()
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def check(url: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str | None]:
     """GET `url` with the standard library (no instrumentation, no retries, no breaker)."""
     parts = urlsplit(url)
@@ -197,24 +235,25 @@ class HealthState:
             self.probes.get(downstream.peer_service) if downstream.peer_service else None
         )
 
-    def before_send(self, request: httpx.Request, downstream: Downstream) -> None:
+    def gate(self, downstream: Downstream) -> None:
+        """Admission gate: fail the attempt fast while the downstream's probe fails."""
         probe = self.probe_for(downstream)
-        if probe is None or probe.status(wait=FIRST_RESULT_WAIT) is not False:
+        if probe is None:
             return
+        wait = 0.0 if _in_event_loop() else FIRST_RESULT_WAIT
+        if probe.status(wait=wait) is not False:
+            return
+        request = _pending_request.get()
         error = DownstreamUnhealthyError(downstream=downstream.key, request=request)
         layer = self._layer()
         if layer is not None:
-            record_rejected_call(
-                layer.tracer,
-                method=request.method,
-                host=downstream.host,
-                port=downstream.port,
-                url=redact_url(str(request.url)) or "",
-                error=error,
-                resend_count=0,
-                peer_service=downstream.peer_service,
-            )
+            _record_rejection(layer, downstream, request, error)
         raise error
+
+    @staticmethod
+    def remember_request(request: httpx.Request, downstream: Downstream) -> None:
+        """before-send hook: the gate has no request argument; it finds it here."""
+        _pending_request.set(request)
 
     # -- the report --------------------------------------------------------------------
 
@@ -310,7 +349,8 @@ def attach(layer: ResilienceLayer) -> HealthState:
     if hasattr(provider, "add_span_processor"):
         provider.add_span_processor(HealthSpanProcessor(state, layer))  # type: ignore[union-attr]
     if state.probes:
-        layer.add_before_send(state.before_send)
+        layer.add_before_send(state.remember_request)
+        layer.add_admission_gate(state.gate)
         for probe in state.probes.values():
             probe.refresh()  # first results arrive before the first calls, usually
     return state

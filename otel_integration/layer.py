@@ -26,6 +26,8 @@ from otel_integration.settings import Settings
 from otel_integration.telemetry import BREAKER_STATE_ATTRIBUTE, BREAKER_STATE_VALUES, SCOPE, Instruments
 
 BeforeSend = Callable[[httpx.Request, "Downstream"], None]
+# Runs before every attempt is admitted; raising (e.g. DownstreamUnhealthyError) fails it fast, without I/O.
+AdmissionGate = Callable[["Downstream"], None]
 
 
 @dataclass
@@ -57,6 +59,7 @@ class ResilienceLayer:
         self._downstreams: OrderedDict[tuple[str, int], Downstream] = OrderedDict()
         self._lock = threading.Lock()
         self._before_send: list[BeforeSend] = []
+        self._admission_gates: list[AdmissionGate] = []
         self.prepare_failure_logged = False  # see transport._prepare
         self.breakers = BreakerRegistry(
             threshold=settings.breaker_threshold,
@@ -89,19 +92,33 @@ class ResilienceLayer:
         attributes: dict[str, str | int] = {"server.address": host, "server.port": port}
         if name:
             attributes["peer.service"] = name
-        return Downstream(
+        breaker: object = self.breakers.get(key)
+        if self._admission_gates:
+            breaker = _GatedBreaker(breaker, self._admission_gates)
+        downstream = Downstream(
             key=key,
             host=host,
             port=port,
             peer_service=name,
             attributes=attributes,
             settings=self.settings,
-            breaker=self.breakers.get(key),
+            breaker=breaker,
             budget=RetryBudget(
                 ratio=self.settings.retry_budget_ratio,
                 min_per_second=self.settings.retry_budget_min_per_second,
             ),
         )
+        if isinstance(breaker, _GatedBreaker):
+            breaker.downstream_state = downstream
+        return downstream
+
+    def add_admission_gate(self, gate: AdmissionGate) -> None:
+        """Run `gate(downstream)` before every attempt is admitted (downstreams created from now on).
+
+        Raising fails the attempt fast like an open breaker; the active health
+        probes use it. Downstreams without gates get the plain breaker.
+        """
+        self._admission_gates.append(gate)
 
     def add_before_send(self, hook: BeforeSend) -> None:
         """Run `hook(request, downstream)` once per logical call, before the first attempt."""
@@ -126,3 +143,28 @@ class ResilienceLayer:
 
     def _on_storage_error(self, key: str) -> None:
         self.instruments.breaker_storage_errors.add(1, self._attributes_for_key(key))
+
+
+class _GatedBreaker:
+    """A downstream's breaker with admission gates in front of `admit`/`aadmit`."""
+
+    def __init__(self, breaker: object, gates: list[AdmissionGate]) -> None:
+        self._breaker = breaker
+        self._gates = gates
+        self.downstream_state: Downstream | None = None
+
+    def _check(self) -> None:
+        if self.downstream_state is not None:
+            for gate in self._gates:
+                gate(self.downstream_state)
+
+    def admit(self) -> None:
+        self._check()
+        self._breaker.admit()  # type: ignore[attr-defined]
+
+    async def aadmit(self) -> None:
+        self._check()
+        await self._breaker.aadmit()  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._breaker, name)
