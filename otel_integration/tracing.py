@@ -9,6 +9,10 @@ conventions), the correlation ID as `http.request.header.x-request-id` (the
 semconv form of a captured header; the upstream header capture would write
 `x_request_id`) and `peer.service` for logically named downstreams.
 
+It also redacts secrets in URLs on every span (`url.full`, `url.query`):
+the upstream instrumentations remove credentials and a few signature
+parameters, but keep tokens such as ``?access_token=``.
+
 A call that never reaches the network (rejected by an open breaker) has no
 upstream span; `record_rejected_call` creates the CLIENT span for it.
 """
@@ -16,12 +20,14 @@ upstream span; `record_rejected_call` creates the CLIENT span for it.
 from __future__ import annotations
 
 import contextvars
+import re
 from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.http import redact_url
 
 from otel_integration.errors import qualified_name
 
@@ -29,6 +35,32 @@ HTTPX_SCOPE = "opentelemetry.instrumentation.httpx"
 RESEND_COUNT = "http.request.resend_count"
 PEER_SERVICE = "peer.service"
 REQUEST_BODY_NOT_REPLAYABLE = "otel_integration.request.body_not_replayable"
+
+# Query parameters whose values are replaced by REDACTED (case-insensitive),
+# in addition to the upstream list (AWSAccessKeyId, Signature, sig, X-Goog-Signature).
+SENSITIVE_QUERY_PARAMETERS = (
+    "access_token", "api_key", "apikey", "auth", "client_secret", "code", "id_token", "key",
+    "password", "passwd", "pwd", "refresh_token", "secret", "session", "sessionid", "sig",
+    "signature", "token", "x-amz-credential", "x-amz-security-token", "x-amz-signature",
+)
+_SENSITIVE_QUERY = re.compile(
+    r"(?i)(^|[?&;])((?:%s)=)[^&;#]*" % "|".join(re.escape(p) for p in SENSITIVE_QUERY_PARAMETERS)
+)
+
+
+def redact_query(query: str) -> str:
+    """`a=1&token=abc` -> `a=1&token=REDACTED`."""
+    return _SENSITIVE_QUERY.sub(r"\1\2REDACTED", query)
+
+
+def redact_url_secrets(url: str) -> str:
+    """Credentials and secret-looking query parameters removed from `url`."""
+    url = redact_url(url) or url
+    if "?" not in url:
+        return url
+    base, _, rest = url.partition("?")
+    query, hash_, fragment = rest.partition("#")
+    return f"{base}?{redact_query(query)}{hash_}{fragment}"
 
 
 @dataclass(frozen=True)
@@ -53,6 +85,14 @@ class AttemptSpanProcessor(SpanProcessor):
     """Annotates httpx CLIENT spans with the attempt published by the transport."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        attributes = span.attributes
+        if attributes:
+            url = attributes.get("url.full")
+            if isinstance(url, str) and "?" in url:
+                span.set_attribute("url.full", redact_url_secrets(url))
+            query = attributes.get("url.query")
+            if isinstance(query, str) and query:
+                span.set_attribute("url.query", redact_query(query))
         attempt = current_attempt.get()
         if attempt is None or span.kind is not SpanKind.CLIENT:
             return

@@ -38,13 +38,18 @@ from typing import Any
 import httpx
 import stamina
 from opentelemetry import context as otel_context
-from opentelemetry.util.http import redact_url
 
 from otel_integration import policy
 from otel_integration.errors import CircuitOpenError, qualified_name
 from otel_integration.layer import Downstream, ResilienceLayer
 from otel_integration.propagation import get_request_id, new_request_id, set_request_id, valid_request_id
-from otel_integration.tracing import AttemptInfo, current_attempt, record_rejected_call, request_id_attribute
+from otel_integration.tracing import (
+    AttemptInfo,
+    current_attempt,
+    record_rejected_call,
+    redact_url_secrets,
+    request_id_attribute,
+)
 
 EXTENSION = "otel_integration"
 
@@ -125,7 +130,7 @@ class _Call:
             method=self.request.method,
             host=self.downstream.host,
             port=self.downstream.port,
-            url=redact_url(str(self.request.url)) or "",
+            url=redact_url_secrets(str(self.request.url)),
             error=error,
             attempt=self.attempt_info(resend_count),
         )
