@@ -353,6 +353,12 @@ class ResilientTransport(httpx.BaseTransport):
                     raise outcome
         except _RetryableOutcome as final:
             return _final(final)
+        except BaseException:
+            # Cancelled while waiting, or a final error: the held response
+            # must not keep its connection out of the pool.
+            if last.response is not None and not last.response.is_closed:
+                last.response.close()
+            raise
         raise AssertionError("unreachable: stamina either returns or raises")
 
     def close(self) -> None:
@@ -413,6 +419,10 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                     raise outcome
         except _RetryableOutcome as final:
             return _final(final)
+        except BaseException:
+            if last.response is not None and not last.response.is_closed:
+                await last.response.aclose()
+            raise
         raise AssertionError("unreachable: stamina either returns or raises")
 
     async def aclose(self) -> None:
