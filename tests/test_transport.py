@@ -315,7 +315,7 @@ def test_per_request_retry_false(instrument, fault_server):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG transport.py _Call.start (lines 83-85): `attempts` override is applied after "
+    reason="BUG transport.py _Call.start (lines 91-93): `attempts` override is applied after "
     "`retry: False` and re-enables retries",
 )
 def test_per_request_retry_false_wins_over_attempts(instrument, fault_server):
@@ -450,6 +450,26 @@ def test_discarded_attempts_release_their_connections(instrument, fault_server):
             assert client.get(f"{fault_server.url}/status/503").status_code == 503
             assert client.get(f"{fault_server.url}/flaky/p{i}?fail=2").status_code == 200
     assert len(fault_server.requests_to("/status/503")) == 18
+
+
+class _Interrupt(BaseException):
+    """Stands for KeyboardInterrupt / SystemExit raised while a retry is being scheduled."""
+
+
+def test_call_interrupted_between_attempts_releases_its_connection(instrument, fault_server, restore_stamina_hooks):
+    instrument()
+
+    def interrupt(details):
+        raise _Interrupt
+
+    stamina.instrumentation.set_on_retry_hooks([interrupt])  # runs after attempt 1, before the sleep
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    with httpx.Client(limits=limits, timeout=httpx.Timeout(5.0, pool=1.0)) as client:
+        with pytest.raises(_Interrupt):
+            client.get(f"{fault_server.url}/status/503")
+        stamina.instrumentation.set_on_retry_hooks([])
+        assert client.get(f"{fault_server.url}/ok").status_code == 200  # PoolTimeout if the 503 leaked
+    assert len(fault_server.requests_to("/status/503")) == 1
 
 
 def test_streamed_final_response_is_left_open_for_the_caller(instrument, fault_server):
@@ -725,7 +745,7 @@ def test_stamina_testing_mode_with_one_attempt_disables_retries(instrument, faul
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG transport.py _Call.backoff (line 178): stops at the configured attempts even when "
+    reason="BUG transport.py _Call.backoff (line 192): stops at the configured attempts even when "
     "stamina's testing mode sets more (set_testing(True, attempts=5) gives 3 attempts)",
 )
 def test_stamina_testing_mode_attempts_are_respected_above_the_setting(instrument, fault_server):

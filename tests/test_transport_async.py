@@ -295,12 +295,6 @@ def test_discarded_attempts_release_their_connections(instrument, fault_server):
     assert len(fault_server.requests_to("/status/503")) == 18
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG transport.py AsyncResilientTransport._retry (lines 363-379): a call cancelled while "
-    "stamina sleeps between attempts never closes the previous attempt's response, so its "
-    "connection is never returned to the pool",
-)
 def test_cancelled_call_during_backoff_releases_its_connection(instrument, fault_server):
     instrument(retry_max_wait=5.0)
 
