@@ -259,7 +259,7 @@ class HealthState:
 
     def report(self) -> tuple[int, dict[str, Any]]:
         layer = self._layer()
-        breakers = layer.breakers.snapshot() if layer is not None else {}
+        breakers = layer.breaker_snapshot() if layer is not None else {}
         with self._lock:
             stat_keys = list(self._stats)
         names = list(dict.fromkeys([*self.settings.services, *self.probes, *breakers, *stat_keys]))

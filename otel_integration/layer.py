@@ -60,6 +60,8 @@ class ResilienceLayer:
         self._lock = threading.Lock()
         self._before_send: list[BeforeSend] = []
         self._admission_gates: list[AdmissionGate] = []
+        # Services whose breaker_* settings are overridden get a registry of their own.
+        self.service_breakers: dict[str, BreakerRegistry] = {}
         self.prepare_failure_logged = False  # see transport._prepare
         self.breakers = BreakerRegistry(
             threshold=settings.breaker_threshold,
@@ -92,7 +94,8 @@ class ResilienceLayer:
         attributes: dict[str, str | int] = {"server.address": host, "server.port": port}
         if name:
             attributes["peer.service"] = name
-        breaker: object = self.breakers.get(key)
+        settings = self.settings.for_service(name)
+        breaker: object = self._registry_for(name, settings).get(key)
         if self._admission_gates:
             breaker = _GatedBreaker(breaker, self._admission_gates)
         downstream = Downstream(
@@ -101,16 +104,42 @@ class ResilienceLayer:
             port=port,
             peer_service=name,
             attributes=attributes,
-            settings=self.settings,
+            settings=settings,
             breaker=breaker,
             budget=RetryBudget(
-                ratio=self.settings.retry_budget_ratio,
-                min_per_second=self.settings.retry_budget_min_per_second,
+                ratio=settings.retry_budget_ratio,
+                min_per_second=settings.retry_budget_min_per_second,
             ),
         )
         if isinstance(breaker, _GatedBreaker):
             breaker.downstream_state = downstream
         return downstream
+
+    def _registry_for(self, name: str | None, settings: Settings) -> BreakerRegistry:
+        """The shared registry, or a service's own one when its breaker settings are overridden."""
+        shape = (settings.breaker_threshold, settings.breaker_open_seconds, settings.breaker_half_open_calls)
+        if name is None or shape == (self.breakers.threshold, self.breakers.open_seconds, self.breakers.half_open_calls):
+            return self.breakers
+        with self._lock:
+            registry = self.service_breakers.get(name)
+            if registry is None:
+                registry = self.service_breakers[name] = BreakerRegistry(
+                    threshold=settings.breaker_threshold,
+                    open_seconds=settings.breaker_open_seconds,
+                    half_open_calls=settings.breaker_half_open_calls,
+                    storage_url=None if settings.breaker_storage == "memory" else settings.breaker_storage,
+                    max_breakers=1,
+                    on_transition=self._on_transition,
+                    on_storage_error=self._on_storage_error,
+                )
+            return registry
+
+    def breaker_snapshot(self) -> dict[str, object]:
+        """Every breaker's status, services with overridden breaker settings included."""
+        snapshot: dict[str, object] = dict(self.breakers.snapshot())
+        for registry in list(self.service_breakers.values()):
+            snapshot.update(registry.snapshot())
+        return snapshot
 
     def add_admission_gate(self, gate: AdmissionGate) -> None:
         """Run `gate(downstream)` before every attempt is admitted (downstreams created from now on).

@@ -294,6 +294,16 @@ class Settings:
         "LOG_FORMAT", True, _bool, "true or false",
         "Install a default log format showing those IDs when the app configured no logging.",
     )
+    service_overrides: dict[str, dict[str, Any]] = _option(
+        "SERVICE_<NAME>_<SETTING>", {}, lambda raw: _no_direct_value(), "a retry_* or breaker_* value",
+        "Per-service override of any RETRY_* or BREAKER_* setting (not BREAKER_STORAGE) for a logical "
+        "name of OTEL_INTEGRATION_SERVICES, e.g. OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS=5.",
+    )
+
+    def for_service(self, name: str | None) -> Settings:
+        """The settings of one logical downstream: the global ones plus its overrides."""
+        overrides = self.service_overrides.get(name or "")
+        return dataclasses.replace(self, **overrides) if overrides else self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, log: bool = True) -> Settings:
@@ -321,10 +331,61 @@ class Settings:
                     f"{env}={shown} is invalid: expected {f.metadata['expected']}; "
                     f"using the default {describe_default(f)}"
                 )
+        overrides = _service_overrides(environ, values.get("services", {}), problems)
+        if overrides:
+            values["service_overrides"] = overrides
         for env in sorted(k for k in environ if k.startswith(PREFIX)):
-            if env not in _KNOWN_VARIABLES:
+            if env not in _KNOWN_VARIABLES and not env.startswith(SERVICE_PREFIX):
                 problems.append(f"{env} is not a known setting; it is ignored")
         return cls(**values), problems
+
+
+SERVICE_PREFIX = PREFIX + "SERVICE_"
+
+
+def _no_direct_value() -> Any:
+    raise ValueError
+
+
+def _overridable() -> list[dataclasses.Field]:
+    return [
+        f for f in dataclasses.fields(Settings)
+        if f.name.startswith(("retry_", "breaker_")) and f.name != "breaker_storage"
+    ]
+
+
+def _service_overrides(
+    environ: Mapping[str, str], services: Mapping[str, str], problems: list[str]
+) -> dict[str, dict[str, Any]]:
+    """`OTEL_INTEGRATION_SERVICE_<NAME>_<SETTING>` variables, validated like the global ones."""
+    by_env_name = {name.upper().replace("-", "_"): name for name in services}
+    fields = sorted(_overridable(), key=lambda f: -len(f.name))  # longest suffix first
+    overrides: dict[str, dict[str, Any]] = {}
+    for env in sorted(k for k in environ if k.startswith(SERVICE_PREFIX)):
+        rest = env[len(SERVICE_PREFIX):]
+        raw = environ[env]
+        match = next((f for f in fields if rest.endswith("_" + f.name.upper())), None)
+        if match is None:
+            problems.append(f"{env} is not a known setting; it is ignored")
+            continue
+        service = by_env_name.get(rest[: -len(match.name) - 1])
+        if service is None:
+            problems.append(
+                f"{env} names no service of {PREFIX}SERVICES "
+                f"({','.join(sorted(services)) or 'none configured'}); it is ignored"
+            )
+            continue
+        if not raw.strip():
+            continue
+        try:
+            overrides.setdefault(service, {})[match.name] = match.metadata["parse"](raw)
+        except (ValueError, TypeError):
+            shown = _shown(raw, secret=match.metadata["secret"])
+            problems.append(
+                f"{env}={shown} is invalid: expected {match.metadata['expected']}; "
+                f"using the global {match.metadata['env']} value"
+            )
+    return overrides
 
 
 def _probe_urls(raw: str) -> dict[str, str]:

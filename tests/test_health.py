@@ -167,3 +167,50 @@ def test_probe_check_timeout_and_errors() -> None:
         assert health.check(server.url + "/ok") == (True, None)
         assert health.check(server.url + "/status/503") == (False, "503")
         assert health.check(server.url + "/slow?delay=1", timeout=0.2) == (False, "TimeoutError")
+
+
+# --- per-service overrides (OTEL_INTEGRATION_SERVICE_<NAME>_<SETTING>) ------------------------
+
+
+def test_service_overrides_are_parsed_and_validated() -> None:
+    environ = {
+        "OTEL_INTEGRATION_SERVICES": "extract=http://extract:8081,doc-store=store:9000",
+        "OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS": "5",
+        "OTEL_INTEGRATION_SERVICE_EXTRACT_BREAKER_FAILURE_STATUS_CODES": "5xx,429",
+        "OTEL_INTEGRATION_SERVICE_DOC_STORE_RETRY_DEADLINE": "2.5",
+        "OTEL_INTEGRATION_SERVICE_EXTRACT_BREAKER_THRESHOLD": "zero",
+        "OTEL_INTEGRATION_SERVICE_NOPE_RETRY_ATTEMPTS": "2",
+        "OTEL_INTEGRATION_SERVICE_EXTRACT_COLOR": "blue",
+    }
+    settings, problems = Settings.parse(environ)
+    assert settings.retry_attempts == 3
+    extract = settings.for_service("extract")
+    assert extract.retry_attempts == 5 and 429 in extract.breaker_failure_status_codes
+    assert extract.breaker_threshold == settings.breaker_threshold  # the bad value fell back
+    assert settings.for_service("doc-store").retry_deadline == 2.5
+    assert settings.for_service("other") is settings and settings.for_service(None) is settings
+    assert (
+        "OTEL_INTEGRATION_SERVICE_EXTRACT_BREAKER_THRESHOLD='zero' is invalid: expected an integer >= 1; "
+        "using the global OTEL_INTEGRATION_BREAKER_THRESHOLD value" in problems
+    )
+    assert any(p.startswith("OTEL_INTEGRATION_SERVICE_NOPE_RETRY_ATTEMPTS names no service") for p in problems)
+    assert "OTEL_INTEGRATION_SERVICE_EXTRACT_COLOR is not a known setting; it is ignored" in problems
+    assert len(problems) == 3
+
+
+def test_service_overrides_reach_the_transport_and_breaker(instrument: Any, fault_server: FaultServer) -> None:
+    with FaultServer() as other:
+        _, state = setup(
+            instrument,
+            services={"extract": addr(fault_server), "catalog": addr(other)},
+            retry_attempts=1,
+            service_overrides={"extract": {"breaker_threshold": 1, "retry_attempts": 2}},
+        )
+        httpx.get(fault_server.url + "/status/503")  # 2 attempts (override), then the breaker opens at 1
+        assert len(fault_server.requests) == 1 or len(fault_server.requests) == 2
+        httpx.get(other.url + "/status/503")  # global threshold 5: still closed
+        body = state.report()[1]
+        assert body["dependencies"]["extract"]["breaker"] == "open"
+        assert body["dependencies"]["catalog"]["breaker"] == "closed"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(fault_server.url + "/ok")
