@@ -294,11 +294,11 @@ class Settings:
         "LOG_FORMAT", True, _bool, "true or false",
         "Install a default log format showing those IDs when the app configured no logging.",
     )
-    service_overrides: dict[str, dict[str, Any]] = _option(
-        "SERVICE_<NAME>_<SETTING>", {}, lambda raw: _no_direct_value(), "a retry_* or breaker_* value",
-        "Per-service override of any RETRY_* or BREAKER_* setting (not BREAKER_STORAGE) for a logical "
-        "name of OTEL_INTEGRATION_SERVICES, e.g. OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS=5.",
-    )
+    # OTEL_INTEGRATION_SERVICE_<NAME>_<SETTING>: per-service override of any RETRY_* or BREAKER_*
+    # setting (not BREAKER_STORAGE) for a logical name of OTEL_INTEGRATION_SERVICES, e.g.
+    # OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS=5. Parsed by `_service_overrides`; not a
+    # variable of its own, so not in `options()`.
+    service_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_service(self, name: str | None) -> Settings:
         """The settings of one logical downstream: the global ones plus its overrides."""
@@ -318,7 +318,7 @@ class Settings:
         """Parse `environ`; return the settings and one message per bad value."""
         values: dict[str, Any] = {}
         problems: list[str] = []
-        for f in dataclasses.fields(cls):
+        for f in options():
             env = f.metadata["env"]
             raw = environ.get(env)
             if raw is None or not raw.strip():
@@ -343,13 +343,9 @@ class Settings:
 SERVICE_PREFIX = PREFIX + "SERVICE_"
 
 
-def _no_direct_value() -> Any:
-    raise ValueError
-
-
 def _overridable() -> list[dataclasses.Field]:
     return [
-        f for f in dataclasses.fields(Settings)
+        f for f in options()
         if f.name.startswith(("retry_", "breaker_")) and f.name != "breaker_storage"
     ]
 
@@ -437,7 +433,7 @@ def _describe_codes(codes: frozenset[int]) -> str:
 
 def options() -> list[dataclasses.Field]:
     """The settings' fields, in documentation order."""
-    return list(dataclasses.fields(Settings))
+    return [f for f in dataclasses.fields(Settings) if "env" in f.metadata]
 
 
-_KNOWN_VARIABLES = frozenset(f.metadata["env"] for f in dataclasses.fields(Settings))
+_KNOWN_VARIABLES = frozenset(f.metadata["env"] for f in options())
