@@ -17,6 +17,9 @@ retry storm.
 from __future__ import annotations
 
 import threading
+
+# Ten deposits of 0.1 add up to 0.9999999999999999: compare with a tolerance.
+_ONE = 1.0 - 1e-9
 import time
 from collections.abc import Callable
 
@@ -53,10 +56,10 @@ class RetryBudget:
             self._refilled_at = now
             if elapsed > 0:
                 self._floor_tokens = min(self._floor_capacity, self._floor_tokens + elapsed * self._min_per_second)
-            if self._deposits >= 1.0:
-                self._deposits -= 1.0
+            if self._deposits >= _ONE:
+                self._deposits = max(0.0, self._deposits - 1.0)
                 return True
-            if self._floor_tokens >= 1.0:
-                self._floor_tokens -= 1.0
+            if self._floor_tokens >= _ONE:
+                self._floor_tokens = max(0.0, self._floor_tokens - 1.0)
                 return True
             return False

@@ -55,7 +55,7 @@ def retry_after_seconds(response: httpx.Response, now: float | None = None) -> f
     if value is None or len(value) > 64:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is True too
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

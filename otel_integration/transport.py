@@ -88,9 +88,9 @@ class _Call:
         attempts = downstream.settings.retry_attempts
         deadline: float | None = downstream.settings.retry_deadline or None
         if overrides:
+            attempts = max(1, int(overrides.get("attempts", attempts)))
             if overrides.get("retry") is False:
                 attempts = 1
-            attempts = max(1, int(overrides.get("attempts", attempts)))
             if "deadline" in overrides:
                 deadline = float(overrides["deadline"]) or None
         replayable = policy.is_replayable(request)
@@ -189,8 +189,10 @@ class _Call:
         if not isinstance(exc, _RetryableOutcome):
             return False
         self.retry_number += 1
-        if self.retry_number >= self.attempts:
-            return False  # stamina is about to stop anyway: spend no budget
+        if self.retry_number >= self.attempts and not stamina.is_testing():
+            # stamina is about to stop anyway: spend no budget. (In testing
+            # mode stamina decides the number of attempts itself.)
+            return False
         if self.downstream.breaker.state() == "open":
             return False
         remaining = self.remaining()

@@ -87,14 +87,7 @@ def test_ratio_bounds_retries_to_a_share_of_calls(clock):
 @pytest.mark.parametrize(
     "ratio,calls",
     [
-        pytest.param(
-            0.1, 10,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG budget.py record_call/try_withdraw (lines 46, 56): deposits are summed as floats; "
-                "ten deposits of 0.1 are 0.9999999999999999 < 1.0, so ten calls earn no retry",
-            ),
-        ),
+        (0.1, 10),
         (0.25, 4),
         (0.5, 2),
         (0.2, 5),

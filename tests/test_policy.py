@@ -153,11 +153,6 @@ def test_missing_retry_after_is_none():
     assert policy.retry_after_seconds(resp(503)) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG policy.py retry_after_seconds (lines 58-59): str.isdigit() accepts superscript digits "
-    "('²'), float() then raises ValueError, which escapes the transport",
-)
 @pytest.mark.parametrize("raw", [b"\xb2", b"\xb3", b"\xb9"])  # latin-1 superscript two, three, one
 def test_non_ascii_digit_like_retry_after_does_not_raise(raw):
     # httpx decodes header bytes that are not UTF-8 as latin-1: b"\xb2" -> "²",

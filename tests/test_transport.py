@@ -255,11 +255,6 @@ def test_retry_after_is_clipped_to_the_remaining_deadline(instrument, fault_serv
     assert elapsed < 4  # 5 s (or 10 s) unclipped
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG policy.py retry_after_seconds (lines 58-59): 'Retry-After: \\xb2' (latin-1 '²') passes "
-    "str.isdigit() and float() raises ValueError out of client.get instead of returning the 503",
-)
 def test_malformed_retry_after_from_the_server_does_not_crash_the_call(instrument, fault_server):
     instrument()
     with httpx.Client() as client:
@@ -313,11 +308,6 @@ def test_per_request_retry_false(instrument, fault_server):
     assert inst.counter_total(RETRIES) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG transport.py _Call.start (lines 91-93): `attempts` override is applied after "
-    "`retry: False` and re-enables retries",
-)
 def test_per_request_retry_false_wins_over_attempts(instrument, fault_server):
     # "retry: False disables retries" (transport docstring), whatever else the dict says.
     instrument()
@@ -743,11 +733,6 @@ def test_stamina_testing_mode_with_one_attempt_disables_retries(instrument, faul
     assert len(fault_server.requests_to("/status/503")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG transport.py _Call.backoff (line 192): stops at the configured attempts even when "
-    "stamina's testing mode sets more (set_testing(True, attempts=5) gives 3 attempts)",
-)
 def test_stamina_testing_mode_attempts_are_respected_above_the_setting(instrument, fault_server):
     # stamina's contract: set_testing(True, attempts=N) *sets* attempts to N (cap=False).
     instrument(retry_attempts=3)
