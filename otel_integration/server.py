@@ -453,9 +453,8 @@ class ServerInstrumentor(BaseInstrumentor):
         ServerInstrumentor._patched.append((owner, name))
 
     def _patch_starlette(self, core: _Correlator) -> None:
-        try:
-            from starlette.applications import Starlette
-        except ImportError:
+        Starlette = _original_class("starlette.applications", "Starlette")
+        if Starlette is None:
             return
 
         def call(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -484,9 +483,8 @@ class ServerInstrumentor(BaseInstrumentor):
         self._wrap(Config, "load", load)
 
     def _patch_flask(self, core: _Correlator) -> None:
-        try:
-            from flask.app import Flask
-        except ImportError:
+        Flask = _original_class("flask.app", "Flask")
+        if Flask is None:
             return
 
         def wsgi_app(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -496,6 +494,22 @@ class ServerInstrumentor(BaseInstrumentor):
             return _wsgi(core, environ, start_response, wrapped, True)
 
         self._wrap(Flask, "wsgi_app", wsgi_app)
+
+
+def _original_class(module_name: str, name: str) -> Any:
+    """The framework's own class, also when an instrumentation replaced the module attribute
+    with a subclass (the starlette and flask instrumentations do)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    cls = getattr(module, name, None)
+    for klass in getattr(cls, "__mro__", ()):
+        if klass.__module__ == module_name and klass.__name__ == name:
+            return klass
+    return None
 
 
 def _has_server_spans(config: Any) -> bool:
@@ -510,13 +524,9 @@ def _has_server_spans(config: Any) -> bool:
             app = import_from_string(app)
         except Exception:  # noqa: BLE001 - uvicorn already reported it
             return True
-    try:
-        from starlette.applications import Starlette
-
-        if isinstance(app, Starlette):
-            return True  # the starlette / fastapi instrumentations cover it
-    except ImportError:
-        pass
+    starlette = _original_class("starlette.applications", "Starlette")
+    if starlette is not None and isinstance(app, starlette):
+        return True  # the starlette / fastapi instrumentations cover it
     try:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 

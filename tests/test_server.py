@@ -477,3 +477,24 @@ def test_threads_started_with_copied_context_carry_the_id(fault_server: Any, ins
 
     run_wsgi(RequestIdWSGIMiddleware(app), headers={"X-Request-ID": "th-1"})
     assert fault_server.requests[-1].headers["x-request-id"] == "th-1"
+
+
+def test_patches_the_original_classes_even_after_the_framework_instrumentations(fault_server: Any) -> None:
+    """The starlette instrumentation swaps `starlette.applications.Starlette` for a subclass."""
+    import uvicorn
+    from opentelemetry.instrumentation.starlette import StarletteInstrumentor
+
+    starlette_instrumentor = StarletteInstrumentor()
+    starlette_instrumentor.instrument()
+    ours = ServerInstrumentor()
+    ours.instrument(settings=Settings())
+    try:
+        app = FastAPI()
+        config = uvicorn.Config(app, log_config=None)
+        config.load()
+        assert not isinstance(config.loaded_app.app, OpenTelemetryMiddleware)  # no second SERVER span
+        _, headers, _, _ = run_asgi(app, "/missing", headers=[("X-Request-ID", "order-1")])
+        assert headers["x-request-id"] == ["order-1"]
+    finally:
+        ours.uninstrument()
+        starlette_instrumentor.uninstrument()
