@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -23,16 +22,6 @@ from otel_integration.layer import ResilienceLayer  # noqa: E402
 from otel_integration.settings import Settings  # noqa: E402
 from otel_integration.tracing import AttemptSpanProcessor  # noqa: E402
 from tests.peers import FaultServer  # noqa: E402
-
-
-def require_binary(name: str) -> str:
-    """The path of a system binary; skip on a laptop without it, fail in CI."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI but is not installed")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ Every request is recorded in `FaultServer.requests` (method, path, headers).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import threading
 import time
@@ -21,6 +23,19 @@ from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+
+def require_binary(name: str, hint: str = "") -> str:
+    """The path of a system binary; skip on a laptop without it, fail in CI (env var CI set)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed" + (f" ({hint})" if hint else "")
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run this test", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 @dataclass(frozen=True)

@@ -8,26 +8,20 @@ installed, except in CI (env var ``CI`` set), where a missing server fails.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 
-import pytest
+
+from tests.peers import require_binary
 
 REDIS_SERVER = "redis-server"
 
 
 def require_redis_server() -> str:
-    path = shutil.which(REDIS_SERVER)
-    if path is None:
-        message = f"{REDIS_SERVER} is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must run the Redis tests", pytrace=False)
-        pytest.skip(message)
-    return path
+    return require_binary(REDIS_SERVER, "apt-get install redis-server")
 
 
 def free_port() -> int:

@@ -8,9 +8,7 @@ environment variable is set (CI installs Debian's `prometheus` package).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -20,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests import peers
 import yaml
 
 from otel_integration import telemetry
@@ -33,14 +33,7 @@ OBSERVABILITY_DOC = ROOT / "docs" / "observability.md"
 
 
 def require_binary(name: str) -> str:
-    """Path of `name`; skip without it, unless running in CI where it must exist."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found on PATH (install Debian's `prometheus` package)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run this test")
-        pytest.skip(message)
-    return path
+    return peers.require_binary(name, "install Debian's prometheus package")
 
 
 # --- metric names ----------------------------------------------------------------

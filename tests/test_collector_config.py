@@ -8,14 +8,14 @@ metrics reach Prometheus, and compose mounts files that exist.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests import peers
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,14 +43,7 @@ ENV_REF = re.compile(r"\$\{env:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>
 
 
 def require_binary(name: str) -> str:
-    """Path of `name`; skip without it, unless running in CI where it must exist."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found on PATH (install Debian's `prometheus` package)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run this test")
-        pytest.skip(message)
-    return path
+    return peers.require_binary(name, "install Debian's prometheus package")
 
 
 def resolve_defaults(value, env: dict[str, str] | None = None):

@@ -36,7 +36,7 @@ def launcher() -> str:
     sibling = Path(sys.executable).parent / "opentelemetry-instrument"
     if sibling.exists():
         return str(sibling)
-    from tests.conftest import require_binary
+    from tests.peers import require_binary
 
     return require_binary("opentelemetry-instrument")
 
