@@ -82,7 +82,6 @@ class _Call:
 
     @classmethod
     def start(cls, layer: ResilienceLayer, request: httpx.Request) -> _Call:
-        settings = layer.settings
         overrides: dict[str, Any] = request.extensions.get(EXTENSION) or {}
         downstream = layer.downstream(request.url.host, request.url.port or _default_port(request.url))
         attempts = downstream.settings.retry_attempts
