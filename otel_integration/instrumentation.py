@@ -97,12 +97,9 @@ def on_new_layer(hook: Any) -> None:
     _layer_hooks.append(hook)
 
 
-def _cached_wrapper(transport: Any, layer: ResilienceLayer, factory: type) -> Any:
+def _wrapper_for(transport: Any, layer: ResilienceLayer, factory: type) -> Any:
     if isinstance(transport, (ResilientTransport, AsyncResilientTransport)):
         return transport  # the user composed it by hand: never wrap twice
-    wrapper = getattr(transport, _WRAPPER_ATTRIBUTE, None)
-    if wrapper is not None and wrapper.layer is layer:
-        return wrapper
     wrapper = factory(transport, layer)
     try:
         setattr(transport, _WRAPPER_ATTRIBUTE, wrapper)
@@ -113,13 +110,21 @@ def _cached_wrapper(transport: Any, layer: ResilienceLayer, factory: type) -> An
 
 def _wrap_sync(layer: ResilienceLayer) -> Any:
     def wrapper(wrapped: Any, instance: httpx.Client, args: Any, kwargs: Any) -> Any:
-        return _cached_wrapper(wrapped(*args, **kwargs), layer, ResilientTransport)
+        transport = wrapped(*args, **kwargs)
+        cached = getattr(transport, _WRAPPER_ATTRIBUTE, None)
+        if cached is not None and cached.layer is layer:
+            return cached
+        return _wrapper_for(transport, layer, ResilientTransport)
 
     return wrapper
 
 
 def _wrap_async(layer: ResilienceLayer) -> Any:
     def wrapper(wrapped: Any, instance: httpx.AsyncClient, args: Any, kwargs: Any) -> Any:
-        return _cached_wrapper(wrapped(*args, **kwargs), layer, AsyncResilientTransport)
+        transport = wrapped(*args, **kwargs)
+        cached = getattr(transport, _WRAPPER_ATTRIBUTE, None)
+        if cached is not None and cached.layer is layer:
+            return cached
+        return _wrapper_for(transport, layer, AsyncResilientTransport)
 
     return wrapper

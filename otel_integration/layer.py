@@ -24,6 +24,7 @@ from otel_integration.breaker import BreakerRegistry
 from otel_integration.budget import RetryBudget
 from otel_integration.settings import Settings
 from otel_integration.telemetry import BREAKER_STATE_ATTRIBUTE, BREAKER_STATE_VALUES, SCOPE, Instruments
+from otel_integration.tracing import request_id_attribute
 
 BeforeSend = Callable[[httpx.Request, "Downstream"], None]
 # Runs before every attempt is admitted; raising (e.g. DownstreamUnhealthyError) fails it fast, without I/O.
@@ -58,11 +59,12 @@ class ResilienceLayer:
         self._names_by_address = {address: name for name, address in settings.services.items()}
         self._downstreams: OrderedDict[tuple[str, int], Downstream] = OrderedDict()
         self._lock = threading.Lock()
-        self._before_send: list[BeforeSend] = []
+        self.before_send_hooks: list[BeforeSend] = []
         self._admission_gates: list[AdmissionGate] = []
         # Services whose breaker_* settings are overridden get a registry of their own.
         self.service_breakers: dict[str, BreakerRegistry] = {}
-        self.prepare_failure_logged = False  # see transport._prepare
+        self.prepare_failure_logged = False  # see transport._Call.begin
+        self.request_id_attribute = request_id_attribute(settings.request_id_header)
         self.breakers = BreakerRegistry(
             threshold=settings.breaker_threshold,
             open_seconds=settings.breaker_open_seconds,
@@ -151,10 +153,10 @@ class ResilienceLayer:
 
     def add_before_send(self, hook: BeforeSend) -> None:
         """Run `hook(request, downstream)` once per logical call, before the first attempt."""
-        self._before_send.append(hook)
+        self.before_send_hooks.append(hook)
 
     def before_send(self, request: httpx.Request, downstream: Downstream) -> None:
-        for hook in self._before_send:
+        for hook in self.before_send_hooks:
             hook(request, downstream)
 
     def _attributes_for_key(self, key: str) -> dict[str, str | int]:

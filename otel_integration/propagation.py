@@ -19,8 +19,8 @@ distro's default), or directly::
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable
 
 from opentelemetry import context as otel_context
@@ -33,6 +33,8 @@ from opentelemetry.propagators.textmap import (
     default_getter,
     default_setter,
 )
+
+from otel_integration.tracing import current_attempt
 
 MAX_REQUEST_ID_LENGTH = 128
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % MAX_REQUEST_ID_LENGTH)
@@ -61,7 +63,12 @@ def valid_request_id(value: object) -> str | None:
 
 
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A random UUID4 string; the same as ``str(uuid.uuid4())`` at a third of the cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def get_request_id(context: Context | None = None) -> str | None:
@@ -87,8 +94,9 @@ class RequestIdPropagator(TextMapPropagator):
 
     extract: the first *valid* value among the incoming header names (a
     header may be repeated; each value is tried). Invalid values are ignored.
-    inject: the current ID, or a fresh UUID4 when there is none, under the
-    outgoing header name. The outgoing name is also the first incoming one.
+    inject: the ID of the outgoing call in progress (the retry transport fixes
+    one per logical call), else the current context's, else a fresh UUID4,
+    under the outgoing header name. The outgoing name is also the first incoming one.
     """
 
     def __init__(
@@ -129,7 +137,11 @@ class RequestIdPropagator(TextMapPropagator):
         context: Context | None = None,
         setter: Setter[CarrierT] = default_setter,  # type: ignore[assignment]
     ) -> None:
-        request_id = get_request_id(context) or new_request_id()
+        attempt = current_attempt.get() if context is None else None
+        if attempt is not None:
+            request_id = attempt.request_id[0]  # the outgoing call's own, fixed by the transport
+        else:
+            request_id = get_request_id(context) or new_request_id()
         setter.set(carrier, self.header, request_id)
 
     @property

@@ -392,6 +392,17 @@ def ensure_span_processor(tracer_provider: Any = None) -> None:
 # --- the instrumentor (launcher hook) ------------------------------------------------------
 
 
+def _attach_configured_features(layer: Any) -> None:
+    """Auth forwarding and health statistics cost a little on every call: only when configured."""
+    from otel_integration import health
+
+    settings = layer.settings
+    if settings.auth_forward_to:
+        auth.attach(layer)
+    if settings.health_path or settings.health_probes:
+        health.attach(layer)
+
+
 class ServerInstrumentor(BaseInstrumentor):
     """Loaded by ``opentelemetry-instrument`` (entry point ``otel_integration_server``).
 
@@ -410,7 +421,7 @@ class ServerInstrumentor(BaseInstrumentor):
         if not settings.enabled:
             return
         ServerInstrumentor.settings = settings
-        from otel_integration import health, logs
+        from otel_integration import logs
         from otel_integration.instrumentation import OtelIntegrationInstrumentor, on_new_layer
 
         auth.sanitize_sensitive_headers()
@@ -418,11 +429,9 @@ class ServerInstrumentor(BaseInstrumentor):
         ensure_span_processor(kwargs.get("tracer_provider"))
         if not getattr(ServerInstrumentor, "_hooks_registered", False):
             ServerInstrumentor._hooks_registered = True
-            on_new_layer(auth.attach)
-            on_new_layer(health.attach)
+            on_new_layer(_attach_configured_features)
         if OtelIntegrationInstrumentor.layer is not None:  # the httpx instrumentor ran first
-            auth.attach(OtelIntegrationInstrumentor.layer)
-            health.attach(OtelIntegrationInstrumentor.layer)
+            _attach_configured_features(OtelIntegrationInstrumentor.layer)
         core = _Correlator(settings)
         self._patch_starlette(core)
         self._patch_uvicorn(core)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextvars
 import re
-from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -63,13 +62,24 @@ def redact_url_secrets(url: str) -> str:
     return f"{base}?{redact_query(query)}{hash_}{fragment}"
 
 
-@dataclass(frozen=True)
 class AttemptInfo:
-    resend_count: int
-    request_id_attribute: str  # http.request.header.<name>
-    request_id: tuple[str]
-    peer_service: str | None
-    body_not_replayable: bool = False
+    """One physical attempt of a logical call, as published to the span processor."""
+
+    __slots__ = ("resend_count", "request_id_attribute", "request_id", "peer_service", "body_not_replayable")
+
+    def __init__(
+        self,
+        resend_count: int,
+        request_id_attribute: str,  # http.request.header.<name>
+        request_id: tuple[str],
+        peer_service: str | None,
+        body_not_replayable: bool = False,
+    ) -> None:
+        self.resend_count = resend_count
+        self.request_id_attribute = request_id_attribute
+        self.request_id = request_id
+        self.peer_service = peer_service
+        self.body_not_replayable = body_not_replayable
 
 
 def request_id_attribute(header: str) -> str:
@@ -85,27 +95,28 @@ class AttemptSpanProcessor(SpanProcessor):
     """Annotates httpx CLIENT spans with the attempt published by the transport."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        attributes = span.attributes
-        if attributes:
-            url = attributes.get("url.full")
-            if isinstance(url, str) and "?" in url:
+        kind = span.kind
+        if kind is SpanKind.CLIENT:
+            url = span.attributes.get("url.full") if span.attributes else None
+            if url and "?" in url:
                 span.set_attribute("url.full", redact_url_secrets(url))
-            query = attributes.get("url.query")
-            if isinstance(query, str) and query:
+            attempt = current_attempt.get()
+            if attempt is None:
+                return
+            scope = span.instrumentation_scope
+            if scope is None or scope.name != HTTPX_SCOPE:
+                return
+            span.set_attribute(attempt.request_id_attribute, attempt.request_id)
+            if attempt.resend_count:
+                span.set_attribute(RESEND_COUNT, attempt.resend_count)
+            if attempt.peer_service:
+                span.set_attribute(PEER_SERVICE, attempt.peer_service)
+            if attempt.body_not_replayable:
+                span.set_attribute(REQUEST_BODY_NOT_REPLAYABLE, True)
+        elif kind is SpanKind.SERVER:
+            query = span.attributes.get("url.query") if span.attributes else None
+            if query:
                 span.set_attribute("url.query", redact_query(query))
-        attempt = current_attempt.get()
-        if attempt is None or span.kind is not SpanKind.CLIENT:
-            return
-        scope = span.instrumentation_scope
-        if scope is None or scope.name != HTTPX_SCOPE:
-            return
-        span.set_attribute(attempt.request_id_attribute, attempt.request_id)
-        if attempt.resend_count:
-            span.set_attribute(RESEND_COUNT, attempt.resend_count)
-        if attempt.peer_service:
-            span.set_attribute(PEER_SERVICE, attempt.peer_service)
-        if attempt.body_not_replayable:
-            span.set_attribute(REQUEST_BODY_NOT_REPLAYABLE, True)
 
     def on_end(self, span: ReadableSpan) -> None:
         pass

@@ -10,8 +10,8 @@ transports with them; they can also be used directly::
 One logical call (`client.send`) becomes one or more attempts:
 
 1. The correlation ID is fixed for the call (the request's own valid
-   X-Request-ID, else the current context's, else a new UUID4) and is made
-   current, so every attempt carries the same one.
+   X-Request-ID, else the current context's, else a new UUID4) and
+   published with each attempt, so every attempt carries the same one.
 2. The first attempt runs with no retry machinery at all: the happy path
    pays for a breaker check, a budget deposit and two context switches.
 3. Only if it failed in a retryable way does the call enter
@@ -32,24 +32,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import stamina
-from opentelemetry import context as otel_context
 
 from otel_integration import policy
 from otel_integration.errors import CircuitOpenError, qualified_name
-from otel_integration.layer import Downstream, ResilienceLayer
-from otel_integration.propagation import get_request_id, new_request_id, set_request_id, valid_request_id
-from otel_integration.tracing import (
-    AttemptInfo,
-    current_attempt,
-    record_rejected_call,
-    redact_url_secrets,
-    request_id_attribute,
-)
+from otel_integration.layer import ResilienceLayer
+from otel_integration.propagation import get_request_id, new_request_id, valid_request_id
+from otel_integration.tracing import AttemptInfo, current_attempt, record_rejected_call, redact_url_secrets
 
 EXTENSION = "otel_integration"
 
@@ -66,57 +58,79 @@ class _RetryableOutcome(Exception):
         self.reason = reason
 
 
-@dataclass
 class _Call:
-    """One logical call: its settings and the decisions between attempts."""
+    """One logical call: its settings and the decisions between attempts.
 
-    layer: ResilienceLayer
-    request: httpx.Request
-    downstream: Downstream
-    attempts: int
-    deadline: float | None
-    idempotent: bool
-    replayable: bool
-    started: float = field(default_factory=time.monotonic)
-    retry_number: int = 0
+    Built on every request, so it is a plain slotted class that does the
+    whole set-up in one place, and what only a failure needs (idempotency)
+    is computed on demand.
+    """
+
+    __slots__ = (
+        "layer", "request", "downstream", "attempts", "deadline",
+        "replayable", "started", "retry_number", "first_attempt",
+    )
 
     @classmethod
-    def start(cls, layer: ResilienceLayer, request: httpx.Request) -> _Call:
-        overrides: dict[str, Any] = request.extensions.get(EXTENSION) or {}
-        downstream = layer.downstream(request.url.host, request.url.port or _default_port(request.url))
-        attempts = downstream.settings.retry_attempts
-        deadline: float | None = downstream.settings.retry_deadline or None
+    def begin(cls, layer: ResilienceLayer, request: httpx.Request) -> _Call | None:
+        """The call, or None (the request goes out unprotected) if our own code fails.
+
+        A bug or a bad per-request override in the distro must never fail the
+        user's request: it is logged once and the call bypasses the layer.
+        """
+        try:
+            return cls(layer, request)
+        except Exception:
+            if not layer.prepare_failure_logged:
+                layer.prepare_failure_logged = True
+                _logger.exception("otel-integration: could not set up retries for a request; sending it unprotected")
+            return None
+
+    def __init__(self, layer: ResilienceLayer, request: httpx.Request) -> None:
+        self.layer = layer
+        self.request = request
+        # The correlation ID, fixed for every attempt: the request's own valid
+        # one, else the current request's (server side), else a new one. The
+        # propagator reads it from `current_attempt` while an attempt runs.
+        header = layer.settings.request_id_header
+        own = request.headers.get(header)
+        request_id = (own is not None and valid_request_id(own)) or get_request_id() or new_request_id()
+        request.headers[header] = request_id
+
+        url = request.url
+        downstream = self.downstream = layer.downstream(url.host, url.port or (443 if url.scheme == "https" else 80))
+        settings = downstream.settings
+        attempts = settings.retry_attempts
+        self.deadline: float | None = settings.retry_deadline or None
+        overrides: dict[str, Any] | None = request.extensions.get(EXTENSION)
         if overrides:
             attempts = max(1, int(overrides.get("attempts", attempts)))
             if overrides.get("retry") is False:
                 attempts = 1
             if "deadline" in overrides:
-                deadline = float(overrides["deadline"]) or None
-        replayable = policy.is_replayable(request)
-        if not replayable:
-            attempts = 1
-        downstream.budget.record_call()
-        layer.before_send(request, downstream)
-        return cls(
-            layer=layer,
-            request=request,
-            downstream=downstream,
-            attempts=attempts,
-            deadline=deadline,
-            idempotent=policy.is_idempotent(request),
-            replayable=replayable,
+                self.deadline = float(overrides["deadline"]) or None
+        self.replayable = policy.is_replayable(request)
+        self.attempts = attempts if self.replayable else 1
+        self.started = time.monotonic()
+        self.retry_number = 0
+        self.first_attempt = AttemptInfo(
+            0, layer.request_id_attribute, (request_id,), downstream.peer_service, not self.replayable
         )
+        downstream.budget.record_call()
+        if layer.before_send_hooks:
+            layer.before_send(request, downstream)
+
+    def idempotent(self) -> bool:
+        return policy.is_idempotent(self.request)
 
     # --- per-attempt bookkeeping -------------------------------------------------
 
     def attempt_info(self, resend_count: int) -> AttemptInfo:
-        settings = self.layer.settings
+        if resend_count == 0:
+            return self.first_attempt
+        first = self.first_attempt
         return AttemptInfo(
-            resend_count,
-            request_id_attribute(settings.request_id_header),
-            (self.request.headers[settings.request_id_header],),
-            self.downstream.peer_service,
-            not self.replayable,
+            resend_count, first.request_id_attribute, first.request_id, first.peer_service, first.body_not_replayable
         )
 
     def rejected(self, error: CircuitOpenError, resend_count: int) -> CircuitOpenError:
@@ -142,7 +156,7 @@ class _Call:
             self.downstream.breaker.record_failure()
         else:
             self.downstream.breaker.record_success()
-        if self.attempts > 1 and self.idempotent and status in self.downstream.settings.retry_status_codes:
+        if status in self.downstream.settings.retry_status_codes and self.attempts > 1 and self.idempotent():
             return _RetryableOutcome(response, None, str(status))
         return None
 
@@ -152,7 +166,7 @@ class _Call:
         else:
             # Cancellation, programming errors: not the downstream's fault.
             self.downstream.breaker.release()
-        if self.attempts > 1 and isinstance(error, Exception) and policy.retryable_error(error, self.idempotent):
+        if self.attempts > 1 and isinstance(error, Exception) and policy.retryable_error(error, self.idempotent()):
             return _RetryableOutcome(None, error, qualified_name(type(error)))
         return None
 
@@ -163,7 +177,7 @@ class _Call:
             await self.downstream.breaker.arecord_failure()
         else:
             await self.downstream.breaker.arecord_success()
-        if self.attempts > 1 and self.idempotent and status in self.downstream.settings.retry_status_codes:
+        if status in self.downstream.settings.retry_status_codes and self.attempts > 1 and self.idempotent():
             return _RetryableOutcome(response, None, str(status))
         return None
 
@@ -172,7 +186,7 @@ class _Call:
             await self.downstream.breaker.arecord_failure()
         else:
             await self.downstream.breaker.arelease()
-        if self.attempts > 1 and isinstance(error, Exception) and policy.retryable_error(error, self.idempotent):
+        if self.attempts > 1 and isinstance(error, Exception) and policy.retryable_error(error, self.idempotent()):
             return _RetryableOutcome(None, error, qualified_name(type(error)))
         return None
 
@@ -236,45 +250,6 @@ class _Call:
         )
 
 
-def _default_port(url: httpx.URL) -> int:
-    return 443 if url.scheme == "https" else 80
-
-
-def _begin(layer: ResilienceLayer, request: httpx.Request) -> object | None:
-    """Fix the call's correlation ID; returns a context token to detach, if any."""
-    header = layer.settings.request_id_header
-    own = valid_request_id(request.headers.get(header))
-    current = get_request_id()
-    request_id = own or current or new_request_id()
-    request.headers[header] = request_id
-    if request_id != current:
-        return otel_context.attach(set_request_id(request_id))
-    return None
-
-
-def _prepare(layer: ResilienceLayer, request: httpx.Request) -> tuple[_Call, object | None] | None:
-    """Set up the call; None (the request goes out unprotected) if our own code fails.
-
-    A bug or a bad per-request override in the distro must never fail the
-    user's request: it is logged once and the call bypasses the layer.
-    """
-    token = None
-    try:
-        token = _begin(layer, request)
-        return _Call.start(layer, request), token
-    except Exception:
-        _end(token)
-        if not layer.prepare_failure_logged:
-            layer.prepare_failure_logged = True
-            _logger.exception("otel-integration: could not set up retries for a request; sending it unprotected")
-        return None
-
-
-def _end(token: object | None) -> None:
-    if token is not None:
-        otel_context.detach(token)  # type: ignore[arg-type]
-
-
 def _discard(response: httpx.Response) -> None:
     try:
         response.read()
@@ -308,17 +283,13 @@ class ResilientTransport(httpx.BaseTransport):
         self.layer = layer
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        prepared = _prepare(self.layer, request)
-        if prepared is None:
+        call = _Call.begin(self.layer, request)
+        if call is None:
             return self.transport.handle_request(request)
-        call, token = prepared
-        try:
-            first = self._attempt(call, 0)
-            if isinstance(first, httpx.Response):
-                return first
-            return self._retry(call, first)
-        finally:
-            _end(token)
+        first = self._attempt(call, 0)
+        if isinstance(first, httpx.Response):
+            return first
+        return self._retry(call, first)
 
     def _attempt(self, call: _Call, resend_count: int) -> httpx.Response | _RetryableOutcome:
         try:
@@ -374,17 +345,13 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         self.layer = layer
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        prepared = _prepare(self.layer, request)
-        if prepared is None:
+        call = _Call.begin(self.layer, request)
+        if call is None:
             return await self.transport.handle_async_request(request)
-        call, token = prepared
-        try:
-            first = await self._attempt(call, 0)
-            if isinstance(first, httpx.Response):
-                return first
-            return await self._retry(call, first)
-        finally:
-            _end(token)
+        first = await self._attempt(call, 0)
+        if isinstance(first, httpx.Response):
+            return first
+        return await self._retry(call, first)
 
     async def _attempt(self, call: _Call, resend_count: int) -> httpx.Response | _RetryableOutcome:
         try:
