@@ -77,11 +77,16 @@ class ResilienceLayer:
 
     def downstream(self, host: str, port: int) -> Downstream:
         address = (host, port)
-        with self._lock:
-            found = self._downstreams.get(address)
-            if found is not None:
+        # The hit path takes no lock: OrderedDict's get and move_to_end are
+        # single C calls under the GIL; a concurrent eviction at worst makes
+        # move_to_end miss (KeyError), and the entry is then created again.
+        found = self._downstreams.get(address)
+        if found is not None:
+            try:
                 self._downstreams.move_to_end(address)
-                return found
+            except KeyError:
+                pass
+            return found
         created = self._new_downstream(host, port)
         with self._lock:
             found = self._downstreams.setdefault(address, created)

@@ -137,12 +137,13 @@ class RequestIdPropagator(TextMapPropagator):
         context: Context | None = None,
         setter: Setter[CarrierT] = default_setter,  # type: ignore[assignment]
     ) -> None:
-        attempt = current_attempt.get() if context is None else None
-        if attempt is not None:
-            request_id = attempt.request_id[0]  # the outgoing call's own, fixed by the transport
-        else:
-            request_id = get_request_id(context) or new_request_id()
-        setter.set(carrier, self.header, request_id)
+        if context is None and current_attempt.get() is not None:
+            # An attempt of the retry transport: it already put the call's
+            # ID on the request, whose headers the httpx instrumentation
+            # passes here as the carrier. Setting it again would cost a
+            # header rewrite on every request.
+            return
+        setter.set(carrier, self.header, get_request_id(context) or new_request_id())
 
     @property
     def fields(self) -> set[str]:

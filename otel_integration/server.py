@@ -77,7 +77,9 @@ class _Correlator:
         self.header_bytes = self.header_lower.encode("latin-1")
         self.incoming = tuple(h.lower() for h in self.settings.request_id_incoming_headers)
         self.attribute = span_attribute(self.settings)
-        ensure_span_processor()
+        # Added on the first request, so a process that serves nothing (a
+        # pure client) pays no per-span cost for it.
+        self._processor_ready = False
 
     def request_id(self, lookup: Callable[[str], list[Any]]) -> str:
         for name in self.incoming:
@@ -87,6 +89,9 @@ class _Correlator:
         return new_request_id()
 
     def context(self, request_id: str, authorization: Any) -> tuple[Context, _RequestState]:
+        if not self._processor_ready:
+            ensure_span_processor()
+            self._processor_ready = True
         value = None
         if self.settings.auth_forward_to and authorization is not None:
             value = auth.valid_authorization(authorization)
@@ -426,7 +431,6 @@ class ServerInstrumentor(BaseInstrumentor):
 
         auth.sanitize_sensitive_headers()
         logs.install(settings)
-        ensure_span_processor(kwargs.get("tracer_provider"))
         if not getattr(ServerInstrumentor, "_hooks_registered", False):
             ServerInstrumentor._hooks_registered = True
             on_new_layer(_attach_configured_features)

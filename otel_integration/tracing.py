@@ -97,7 +97,8 @@ class AttemptSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         kind = span.kind
         if kind is SpanKind.CLIENT:
-            url = span.attributes.get("url.full") if span.attributes else None
+            attributes = span.attributes
+            url = attributes.get("url.full") if attributes is not None else None
             if url and "?" in url:
                 span.set_attribute("url.full", redact_url_secrets(url))
             attempt = current_attempt.get()
@@ -114,7 +115,8 @@ class AttemptSpanProcessor(SpanProcessor):
             if attempt.body_not_replayable:
                 span.set_attribute(REQUEST_BODY_NOT_REPLAYABLE, True)
         elif kind is SpanKind.SERVER:
-            query = span.attributes.get("url.query") if span.attributes else None
+            attributes = span.attributes
+            query = attributes.get("url.query") if attributes is not None else None
             if query:
                 span.set_attribute("url.query", redact_query(query))
 

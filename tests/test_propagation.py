@@ -96,3 +96,15 @@ def test_registered_as_entry_point_for_otel_propagators():
 def test_new_ids_are_unique_uuid4():
     ids = {new_request_id() for _ in range(100)}
     assert len(ids) == 100
+
+
+def test_inject_during_a_transport_attempt_leaves_the_transports_header_alone():
+    from otel_integration.tracing import AttemptInfo, current_attempt
+
+    carrier = {"X-Request-ID": "call-1"}  # what the transport put on the request
+    token = current_attempt.set(AttemptInfo(0, "http.request.header.x-request-id", ("call-1",), None))
+    try:
+        propagator.inject(carrier)
+    finally:
+        current_attempt.reset(token)
+    assert carrier == {"X-Request-ID": "call-1"}
