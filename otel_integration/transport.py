@@ -149,43 +149,19 @@ class _Call:
         )
         return error
 
-    def judge_response(self, response: httpx.Response) -> _RetryableOutcome | None:
-        """Record the breaker verdict; a retryable outcome, or None when final."""
+    # The breaker's verdict on an attempt, and whether its outcome is retried,
+    # are decided here; the transports only call the (sync or async) breaker.
+
+    def fails_breaker(self, response: httpx.Response) -> bool:
+        return response.status_code in self.downstream.settings.breaker_failure_status_codes
+
+    def retryable_response(self, response: httpx.Response) -> _RetryableOutcome | None:
         status = response.status_code
-        if status in self.downstream.settings.breaker_failure_status_codes:
-            self.downstream.breaker.record_failure()
-        else:
-            self.downstream.breaker.record_success()
         if status in self.downstream.settings.retry_status_codes and self.attempts > 1 and self.idempotent():
             return _RetryableOutcome(response, None, str(status))
         return None
 
-    def judge_error(self, error: BaseException) -> _RetryableOutcome | None:
-        if isinstance(error, httpx.TransportError) and not isinstance(error, httpx.UnsupportedProtocol):
-            self.downstream.breaker.record_failure()
-        else:
-            # Cancellation, programming errors: not the downstream's fault.
-            self.downstream.breaker.release()
-        if self.attempts > 1 and isinstance(error, Exception) and policy.retryable_error(error, self.idempotent()):
-            return _RetryableOutcome(None, error, qualified_name(type(error)))
-        return None
-
-    async def ajudge_response(self, response: httpx.Response) -> _RetryableOutcome | None:
-        # The async breaker calls may reach Redis; same decisions as judge_response.
-        status = response.status_code
-        if status in self.downstream.settings.breaker_failure_status_codes:
-            await self.downstream.breaker.arecord_failure()
-        else:
-            await self.downstream.breaker.arecord_success()
-        if status in self.downstream.settings.retry_status_codes and self.attempts > 1 and self.idempotent():
-            return _RetryableOutcome(response, None, str(status))
-        return None
-
-    async def ajudge_error(self, error: BaseException) -> _RetryableOutcome | None:
-        if isinstance(error, httpx.TransportError) and not isinstance(error, httpx.UnsupportedProtocol):
-            await self.downstream.breaker.arecord_failure()
-        else:
-            await self.downstream.breaker.arelease()
+    def retryable_error(self, error: BaseException) -> _RetryableOutcome | None:
         if self.attempts > 1 and isinstance(error, Exception) and policy.retryable_error(error, self.idempotent()):
             return _RetryableOutcome(None, error, qualified_name(type(error)))
         return None
@@ -250,6 +226,11 @@ class _Call:
         )
 
 
+def _error_fails_breaker(error: BaseException) -> bool:
+    """Transport errors are the downstream's fault; cancellation and bugs are not."""
+    return isinstance(error, httpx.TransportError) and not isinstance(error, httpx.UnsupportedProtocol)
+
+
 def _discard(response: httpx.Response) -> None:
     try:
         response.read()
@@ -296,17 +277,26 @@ class ResilientTransport(httpx.BaseTransport):
             call.downstream.breaker.admit()
         except CircuitOpenError as error:
             raise call.rejected(error, resend_count) from None
+        breaker = call.downstream.breaker
         attempt_token = current_attempt.set(call.attempt_info(resend_count))
         try:
             response = self.transport.handle_request(call.request)
         except BaseException as error:
-            outcome = call.judge_error(error)
+            if _error_fails_breaker(error):
+                breaker.record_failure()
+            else:
+                breaker.release()
+            outcome = call.retryable_error(error)
             if outcome is None:
                 raise
             return outcome
         finally:
             current_attempt.reset(attempt_token)
-        return call.judge_response(response) or response
+        if call.fails_breaker(response):
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+        return call.retryable_response(response) or response
 
     def _retry(self, call: _Call, first: _RetryableOutcome) -> httpx.Response:
         last = first
@@ -358,17 +348,27 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             await call.downstream.breaker.aadmit()
         except CircuitOpenError as error:
             raise call.rejected(error, resend_count) from None
+        breaker = call.downstream.breaker
         attempt_token = current_attempt.set(call.attempt_info(resend_count))
         try:
             response = await self.transport.handle_async_request(call.request)
         except BaseException as error:
-            outcome = await call.ajudge_error(error)
+            # The async breaker calls may reach Redis.
+            if _error_fails_breaker(error):
+                await breaker.arecord_failure()
+            else:
+                await breaker.arelease()
+            outcome = call.retryable_error(error)
             if outcome is None:
                 raise
             return outcome
         finally:
             current_attempt.reset(attempt_token)
-        return await call.ajudge_response(response) or response
+        if call.fails_breaker(response):
+            await breaker.arecord_failure()
+        else:
+            await breaker.arecord_success()
+        return call.retryable_response(response) or response
 
     async def _retry(self, call: _Call, first: _RetryableOutcome) -> httpx.Response:
         last = first
