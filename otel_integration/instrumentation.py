@@ -70,8 +70,8 @@ class OtelIntegrationInstrumentor(BaseInstrumentor):
         OtelIntegrationInstrumentor.layer = layer
         for hook in _layer_hooks:
             hook(layer)
-        wrap_function_wrapper(httpx.Client, "_transport_for_url", _wrap_sync(layer))
-        wrap_function_wrapper(httpx.AsyncClient, "_transport_for_url", _wrap_async(layer))
+        wrap_function_wrapper(httpx.Client, "_transport_for_url", _wrap(layer, ResilientTransport))
+        wrap_function_wrapper(httpx.AsyncClient, "_transport_for_url", _wrap(layer, AsyncResilientTransport))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         if OtelIntegrationInstrumentor.layer is None:
@@ -108,23 +108,14 @@ def _wrapper_for(transport: Any, layer: ResilienceLayer, factory: type) -> Any:
     return wrapper
 
 
-def _wrap_sync(layer: ResilienceLayer) -> Any:
-    def wrapper(wrapped: Any, instance: httpx.Client, args: Any, kwargs: Any) -> Any:
+def _wrap(layer: ResilienceLayer, factory: type) -> Any:
+    """The wrapper of `_transport_for_url`: the client's transport, behind ours."""
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         transport = wrapped(*args, **kwargs)
         cached = getattr(transport, _WRAPPER_ATTRIBUTE, None)
         if cached is not None and cached.layer is layer:
             return cached
-        return _wrapper_for(transport, layer, ResilientTransport)
-
-    return wrapper
-
-
-def _wrap_async(layer: ResilienceLayer) -> Any:
-    def wrapper(wrapped: Any, instance: httpx.AsyncClient, args: Any, kwargs: Any) -> Any:
-        transport = wrapped(*args, **kwargs)
-        cached = getattr(transport, _WRAPPER_ATTRIBUTE, None)
-        if cached is not None and cached.layer is layer:
-            return cached
-        return _wrapper_for(transport, layer, AsyncResilientTransport)
+        return _wrapper_for(transport, layer, factory)
 
     return wrapper

@@ -45,12 +45,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Span
 from opentelemetry.trace import SpanKind
 
 from otel_integration import auth
 from otel_integration.propagation import first_valid_request_id, get_request_id, new_request_id, set_request_id
 from otel_integration.settings import Settings
+from otel_integration.tracing import StartOnlySpanProcessor
 
 _logger = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ def _iterate_in_context(result: Iterable[bytes], ctx: Context, state: _RequestSt
 # --- the SERVER span --------------------------------------------------------------------
 
 
-class RequestIdSpanProcessor(SpanProcessor):
+class RequestIdSpanProcessor(StartOnlySpanProcessor):
     """Stamps SERVER spans that start inside a request handled by the middleware.
 
     The middleware usually sits outside the upstream OpenTelemetry middleware
@@ -361,15 +362,6 @@ class RequestIdSpanProcessor(SpanProcessor):
         state.spans.append(span)
         if not state.applied():
             otel_context.attach(state.apply(otel_context.get_current()))
-
-    def on_end(self, span: ReadableSpan) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 _processors: weakref.WeakKeyDictionary[Any, RequestIdSpanProcessor] = weakref.WeakKeyDictionary()

@@ -91,7 +91,20 @@ current_attempt: contextvars.ContextVar[AttemptInfo | None] = contextvars.Contex
 )
 
 
-class AttemptSpanProcessor(SpanProcessor):
+class StartOnlySpanProcessor(SpanProcessor):
+    """A span processor that only acts when spans start."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class AttemptSpanProcessor(StartOnlySpanProcessor):
     """Annotates httpx CLIENT spans with the attempt published by the transport."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -119,15 +132,6 @@ class AttemptSpanProcessor(SpanProcessor):
             query = attributes.get("url.query") if attributes is not None else None
             if query:
                 span.set_attribute("url.query", redact_query(query))
-
-    def on_end(self, span: ReadableSpan) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 def record_rejected_call(

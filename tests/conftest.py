@@ -24,6 +24,24 @@ from otel_integration.tracing import AttemptSpanProcessor  # noqa: E402
 from tests.peers import FaultServer  # noqa: E402
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 @pytest.fixture
 def fault_server() -> Iterator[FaultServer]:
     with FaultServer() as server:

@@ -31,22 +31,6 @@ except ImportError:  # tests/ is not a package: pytest put it on sys.path
 LOGGER = "otel_integration.breaker"
 
 
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 @pytest.fixture
 def transitions() -> list[tuple[str, str, str]]:
     return []

@@ -9,22 +9,6 @@ import pytest
 from otel_integration.budget import RetryBudget
 
 
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 def drain(budget: RetryBudget, limit: int = 10_000) -> int:
     """Withdraw until refused; how many were granted."""
     granted = 0
