@@ -54,6 +54,10 @@ def check(environ: Mapping[str, str], out: object = sys.stdout) -> int:
         else:
             line = f"{describe_default(f)} [default]"
         write(f"  {env} = {line}\n")
+    for service, overrides in sorted(settings.service_overrides.items()):
+        for name, value in sorted(overrides.items()):
+            env = f"OTEL_INTEGRATION_SERVICE_{service.upper().replace('-', '_')}_{name.upper()}"
+            write(f"  {env} = {_describe(value, secret=False)} [env, override for {service}]\n")
     effective = dict(environ)
     for name, value in distro.DEFAULTS.items():
         effective.setdefault(name, value)

@@ -40,3 +40,14 @@ def test_check_masks_secrets():
     assert result.returncode == 0
     assert "s3cret" not in result.stdout
     assert "redis://app:***@redis:6379/0" in result.stdout
+
+
+def test_check_shows_per_service_overrides():
+    result = run(
+        {
+            "OTEL_INTEGRATION_SERVICES": "extract=http://extract:8081",
+            "OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS": "5",
+        }
+    )
+    assert result.returncode == 0, result.stdout
+    assert "OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS = 5 [env, override for extract]" in result.stdout
