@@ -50,4 +50,4 @@ def test_check_shows_per_service_overrides():
         }
     )
     assert result.returncode == 0, result.stdout
-    assert "OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS = 5 [env, override for extract]" in result.stdout
+    assert "OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS = '5' [env, override for extract]" in result.stdout
