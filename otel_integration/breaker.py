@@ -50,7 +50,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from purgatory.domain.model import (
     CLOSED,
@@ -63,6 +62,7 @@ from purgatory.domain.model import (
 )
 
 from .errors import CircuitOpenError
+from .settings import mask_secret_url
 
 __all__ = ["Breaker", "BreakerRegistry", "BreakerStatus", "KEY_PREFIX"]
 
@@ -516,21 +516,6 @@ class Breaker:
         return result, self._adopt(ctx, previous)
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
-    except ValueError:
-        return "<unparsable storage URL>"
-
-
 class BreakerRegistry:
     """All breakers of a process, one per downstream, bounded by ``max_breakers``.
 
@@ -671,8 +656,8 @@ class BreakerRegistry:
     def _configure_redis(self, url: str) -> None:
         scheme = url.split(":", 1)[0].lower()
         if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"unsupported breaker storage URL {mask_url(url)!r}: use 'memory' or redis://host:port/db")
-        self._masked_url = mask_url(url)
+            raise ValueError(f"unsupported breaker storage URL {mask_secret_url(url)!r}: use 'memory' or redis://host:port/db")
+        self._masked_url = mask_secret_url(url)
         try:
             import redis
             import redis.asyncio  # noqa: F401

@@ -164,9 +164,12 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 def mask_secret_url(url: str) -> str:
     """`redis://user:pw@h:6379/0` -> `redis://user:***@h:6379/0`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "<unparsable URL>"
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

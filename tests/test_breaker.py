@@ -20,7 +20,8 @@ import pytest
 from purgatory import AsyncCircuitBreakerFactory, SyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
-from otel_integration.breaker import KEY_PREFIX, BreakerRegistry, BreakerStatus, mask_url
+from otel_integration.breaker import KEY_PREFIX, BreakerRegistry, BreakerStatus
+from otel_integration.settings import mask_secret_url as mask_url
 from otel_integration.errors import CircuitOpenError
 
 try:
