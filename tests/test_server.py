@@ -498,3 +498,22 @@ def test_patches_the_original_classes_even_after_the_framework_instrumentations(
     finally:
         ours.uninstrument()
         starlette_instrumentor.uninstrument()
+
+
+def test_health_statistics_and_auth_forwarding_are_attached_only_when_configured():
+    # Both add work to every outgoing call: a process that uses neither pays nothing.
+    from dataclasses import replace
+
+    from otel_integration import health
+    from otel_integration.layer import ResilienceLayer
+    from otel_integration.server import _attach_configured_features
+
+    plain = ResilienceLayer(Settings())
+    _attach_configured_features(plain)
+    assert plain.before_send_hooks == []
+    assert getattr(plain, health._STATE_ATTRIBUTE, None) is None
+
+    configured = ResilienceLayer(replace(Settings(), health_path="/healthz", auth_forward_to=frozenset({"catalog"})))
+    _attach_configured_features(configured)
+    assert len(configured.before_send_hooks) == 1  # auth forwarding
+    assert getattr(configured, health._STATE_ATTRIBUTE, None) is not None
