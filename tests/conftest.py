@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otel_integration.instrumentation import OtelIntegrationInstrumentor  # noqa: E402
 from otel_integration.layer import ResilienceLayer  # noqa: E402
 from otel_integration.settings import Settings  # noqa: E402
-from otel_integration.tracing import AttemptSpanProcessor  # noqa: E402
-from tests.peers import FaultServer  # noqa: E402
+from otel_integration.tracing import HTTPX_SCOPE, AttemptSpanProcessor  # noqa: E402
+from tests.peers import QuickFaultServer  # noqa: E402
 
 
 class FakeClock:
@@ -43,8 +43,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def fault_server() -> Iterator[FaultServer]:
-    with FaultServer() as server:
+def fault_server() -> Iterator[QuickFaultServer]:
+    with QuickFaultServer() as server:
         yield server
 
 
@@ -61,6 +61,15 @@ class Instrumented:
 
     def client_spans(self) -> list[ReadableSpan]:
         return [s for s in self.spans() if s.kind.name == "CLIENT"]
+
+    def attempt_spans(self, port: int) -> list[ReadableSpan]:
+        """The upstream CLIENT spans (one per physical attempt) to `port`, in start order."""
+        spans = [
+            s
+            for s in self.client_spans()
+            if s.instrumentation_scope.name == HTTPX_SCOPE and s.attributes.get("server.port") == port
+        ]
+        return sorted(spans, key=lambda s: s.start_time)
 
     def metric_points(self, name: str) -> list[tuple[dict, object]]:
         data = self.metric_reader.get_metrics_data()

@@ -29,9 +29,9 @@ from otel_integration.instrumentation import OtelIntegrationInstrumentor
 from otel_integration.layer import ResilienceLayer
 from otel_integration.propagation import set_request_id
 from otel_integration.settings import Settings
-from otel_integration.tracing import HTTPX_SCOPE, REQUEST_BODY_NOT_REPLAYABLE, RESEND_COUNT
+from otel_integration.tracing import REQUEST_BODY_NOT_REPLAYABLE, RESEND_COUNT
 from otel_integration.transport import ResilientTransport
-from tests.peers import FaultServer, QuickFaultServer, closed_port
+from tests.peers import FaultServer, closed_port
 
 RETRIES = "http.client.retries"
 BUDGET_EXHAUSTED = "http.client.retry_budget.exhausted"
@@ -42,23 +42,6 @@ CIRCUIT_OPEN_TYPE = "otel_integration.errors.CircuitOpenError"
 
 
 # --- helpers ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def fault_server():
-    """conftest's fault_server, without the 0.5 s shutdown poll per test."""
-    with QuickFaultServer() as server:
-        yield server
-
-
-def attempt_spans(inst, port: int) -> list:
-    """The upstream CLIENT spans (one per physical attempt) to `port`, in start order."""
-    spans = [
-        s
-        for s in inst.client_spans()
-        if s.instrumentation_scope.name == HTTPX_SCOPE and s.attributes.get("server.port") == port
-    ]
-    return sorted(spans, key=lambda s: s.start_time)
 
 
 def rejected_spans(inst) -> list:
@@ -140,7 +123,7 @@ def test_connection_refused_is_retried(instrument):
     port = closed_port()
     with httpx.Client() as client, pytest.raises(httpx.ConnectError):
         client.get(f"http://127.0.0.1:{port}/x")
-    assert len(attempt_spans(inst, port)) == 3
+    assert len(inst.attempt_spans(port)) == 3
     assert inst.counter_total(RETRIES, error_type="httpx.ConnectError") == 2
 
 
@@ -206,7 +189,7 @@ def test_post_is_retried_on_connection_refused(instrument):
     port = closed_port()
     with httpx.Client() as client, pytest.raises(httpx.ConnectError):
         client.post(f"http://127.0.0.1:{port}/x", json={"a": 1})
-    assert len(attempt_spans(inst, port)) == 3
+    assert len(inst.attempt_spans(port)) == 3
     assert inst.counter_total(RETRIES, http_request_method="POST", error_type="httpx.ConnectError") == 2
 
 
@@ -342,7 +325,7 @@ def test_streaming_body_is_sent_once_never_retried_and_span_says_so(instrument, 
     assert response.status_code == 503
     assert len(fault_server.requests_to("/status/503")) == 1
     assert sent == [1]
-    (span,) = attempt_spans(inst, fault_server.port)
+    (span,) = inst.attempt_spans(fault_server.port)
     assert span.attributes.get(REQUEST_BODY_NOT_REPLAYABLE) is True
     assert RESEND_COUNT not in span.attributes
     assert inst.counter_total(RETRIES) == 0
@@ -357,7 +340,7 @@ def test_streaming_body_not_retried_even_on_connection_refused(instrument):
 
     with httpx.Client() as client, pytest.raises(httpx.ConnectError):
         client.put(f"http://127.0.0.1:{port}/x", content=body())
-    assert len(attempt_spans(inst, port)) == 1
+    assert len(inst.attempt_spans(port)) == 1
 
 
 def test_replayable_bodies_are_resent_identically(instrument, fault_server):
@@ -385,7 +368,7 @@ def test_all_attempts_share_one_request_id(instrument, fault_server):
     assert len(ids) == 3 and len(set(ids)) == 1
     uuid.UUID(ids[0])
     assert response.request.headers["x-request-id"] == ids[0]
-    assert [span_request_id(s) for s in attempt_spans(inst, fault_server.port)] == ids
+    assert [span_request_id(s) for s in inst.attempt_spans(fault_server.port)] == ids
 
 
 def test_valid_user_request_id_is_kept(instrument, fault_server):
@@ -509,14 +492,14 @@ def test_breaker_opens_within_two_calls_to_a_dead_port_and_stops_the_retry_loop(
     with httpx.Client() as client:
         with pytest.raises(httpx.ConnectError):
             client.get(f"http://127.0.0.1:{port}/a")
-        assert len(attempt_spans(inst, port)) == 3
+        assert len(inst.attempt_spans(port)) == 3
         with pytest.raises(httpx.ConnectError):
             client.get(f"http://127.0.0.1:{port}/a")
-        assert len(attempt_spans(inst, port)) == 5  # the loop stopped when the breaker opened
+        assert len(inst.attempt_spans(port)) == 5  # the loop stopped when the breaker opened
         assert breaker_of(inst, port).state() == "open"
         with pytest.raises(CircuitOpenError):
             client.get(f"http://127.0.0.1:{port}/a")
-    assert len(attempt_spans(inst, port)) == 5  # the rejected call did no I/O
+    assert len(inst.attempt_spans(port)) == 5  # the rejected call did no I/O
 
 
 def test_retry_loop_stops_as_soon_as_the_breaker_opens(instrument, fault_server):
@@ -662,7 +645,7 @@ def test_one_span_per_attempt_with_resend_count_and_request_id(instrument, fault
     inst = instrument()
     with httpx.Client() as client:
         response = client.get(f"{fault_server.url}/flaky/spans?fail=2")
-    spans = attempt_spans(inst, fault_server.port)
+    spans = inst.attempt_spans(fault_server.port)
     assert len(spans) == 3
     assert [s.attributes.get(RESEND_COUNT) for s in spans] == [None, 1, 2]
     assert [s.attributes.get("http.response.status_code") for s in spans] == [503, 503, 200]
@@ -675,7 +658,7 @@ def test_no_resend_count_on_a_single_attempt(instrument, fault_server):
     inst = instrument()
     with httpx.Client() as client:
         client.get(f"{fault_server.url}/ok")
-    (span,) = attempt_spans(inst, fault_server.port)
+    (span,) = inst.attempt_spans(fault_server.port)
     assert RESEND_COUNT not in span.attributes
     assert REQUEST_BODY_NOT_REPLAYABLE not in span.attributes
 

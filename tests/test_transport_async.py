@@ -21,9 +21,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_integration.errors import CircuitOpenError
 from otel_integration.instrumentation import OtelIntegrationInstrumentor
-from otel_integration.tracing import HTTPX_SCOPE, REQUEST_BODY_NOT_REPLAYABLE, RESEND_COUNT
+from otel_integration.tracing import REQUEST_BODY_NOT_REPLAYABLE, RESEND_COUNT
 from otel_integration.transport import AsyncResilientTransport
-from tests.peers import FaultServer, QuickFaultServer, closed_port
+from tests.peers import FaultServer, closed_port
 
 RETRIES = "http.client.retries"
 BUDGET_EXHAUSTED = "http.client.retry_budget.exhausted"
@@ -31,22 +31,6 @@ REJECTIONS = "http.client.circuit_breaker.rejections"
 TRANSITIONS = "http.client.circuit_breaker.transitions"
 STATE = "http.client.circuit_breaker.state"
 CIRCUIT_OPEN_TYPE = "otel_integration.errors.CircuitOpenError"
-
-
-@pytest.fixture
-def fault_server():
-    """conftest's fault_server, without the 0.5 s shutdown poll per test."""
-    with QuickFaultServer() as server:
-        yield server
-
-
-def attempt_spans(inst, port: int) -> list:
-    spans = [
-        s
-        for s in inst.client_spans()
-        if s.instrumentation_scope.name == HTTPX_SCOPE and s.attributes.get("server.port") == port
-    ]
-    return sorted(spans, key=lambda s: s.start_time)
 
 
 def span_request_id(span) -> str | None:
@@ -129,7 +113,7 @@ def test_connection_refused_is_retried(instrument):
     port = closed_port()
     with pytest.raises(httpx.ConnectError):
         run(get(f"http://127.0.0.1:{port}/x"))
-    assert len(attempt_spans(inst, port)) == 3
+    assert len(inst.attempt_spans(port)) == 3
     assert inst.counter_total(RETRIES, error_type="httpx.ConnectError") == 2
 
 
@@ -167,7 +151,7 @@ def test_post_is_retried_on_connection_refused(instrument):
     port = closed_port()
     with pytest.raises(httpx.ConnectError):
         run(request("POST", f"http://127.0.0.1:{port}/x", json={}))
-    assert len(attempt_spans(inst, port)) == 3
+    assert len(inst.attempt_spans(port)) == 3
 
 
 # --- Retry-After ----------------------------------------------------------------------
@@ -244,7 +228,7 @@ def test_streaming_body_is_sent_once_never_retried_and_span_says_so(instrument, 
     assert run(request("PUT", f"{fault_server.url}/status/503", content=body())).status_code == 503
     assert len(fault_server.requests_to("/status/503")) == 1
     assert sent == [1]
-    (span,) = attempt_spans(inst, fault_server.port)
+    (span,) = inst.attempt_spans(fault_server.port)
     assert span.attributes.get(REQUEST_BODY_NOT_REPLAYABLE) is True
 
 
@@ -267,7 +251,7 @@ def test_request_ids(instrument, fault_server):
     assert len(ids) == 3 and len(set(ids)) == 1
     uuid.UUID(ids[0])
     assert response.request.headers["x-request-id"] == ids[0]
-    spans = [s for s in attempt_spans(inst, fault_server.port) if s.attributes["url.full"].endswith("/status/503")]
+    spans = [s for s in inst.attempt_spans(fault_server.port) if s.attributes["url.full"].endswith("/status/503")]
     assert [span_request_id(s) for s in spans] == ids
     assert ids_seen(fault_server, "/flaky/u") == ["user-1", "user-1"]
     bad = ids_seen(fault_server, "/flaky/bad")
@@ -339,12 +323,12 @@ def test_breaker_opens_within_two_calls_to_a_dead_port(instrument):
             for _ in range(2):
                 with pytest.raises(httpx.ConnectError):
                     await client.get(f"http://127.0.0.1:{port}/a")
-            assert len(attempt_spans(inst, port)) == 5  # the second loop stopped after 2 attempts
+            assert len(inst.attempt_spans(port)) == 5  # the second loop stopped after 2 attempts
             with pytest.raises(CircuitOpenError):
                 await client.get(f"http://127.0.0.1:{port}/a")
 
     run(main())
-    assert len(attempt_spans(inst, port)) == 5
+    assert len(inst.attempt_spans(port)) == 5
 
 
 def test_open_breaker_fails_fast_without_reaching_the_server(instrument, fault_server):
@@ -410,7 +394,7 @@ def test_half_open_admits_only_the_configured_trials_across_tasks(instrument, fa
 def test_one_span_per_attempt_with_resend_count(instrument, fault_server):
     inst = instrument()
     response = run(get(f"{fault_server.url}/flaky/spans?fail=2"))
-    spans = attempt_spans(inst, fault_server.port)
+    spans = inst.attempt_spans(fault_server.port)
     assert [s.attributes.get(RESEND_COUNT) for s in spans] == [None, 1, 2]
     assert [span_request_id(s) for s in spans] == [response.request.headers["x-request-id"]] * 3
     points = [(a, p.value) for a, p in inst.metric_points(RETRIES)]
