@@ -71,6 +71,17 @@ class Instrumented:
         ]
         return sorted(spans, key=lambda s: s.start_time)
 
+    def breaker(self, server_or_port: object) -> object:
+        """The breaker of a 127.0.0.1 downstream (a FaultServer or a port)."""
+        port = server_or_port if isinstance(server_or_port, int) else server_or_port.port  # type: ignore[attr-defined]
+        return self.layer.breakers.get(f"127.0.0.1:{port}")
+
+    @staticmethod
+    def request_id_of(span: ReadableSpan) -> str | None:
+        """The X-Request-ID recorded on a span (http.request.header.x-request-id)."""
+        value = (span.attributes or {}).get("http.request.header.x-request-id")
+        return value[0] if value else None
+
     def metric_points(self, name: str) -> list[tuple[dict, object]]:
         data = self.metric_reader.get_metrics_data()
         points = []

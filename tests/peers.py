@@ -146,6 +146,15 @@ class FaultServer:
     def requests_to(self, path: str) -> list[SeenRequest]:
         return [r for r in self.requests if r.path == path]
 
+    def request_ids(self, path: str) -> list[str | None]:
+        """The X-Request-ID of each request to `path`, in arrival order."""
+        return [r.headers.get("x-request-id") for r in self.requests_to(path)]
+
+    def gaps(self, path: str) -> list[float]:
+        """Seconds between consecutive requests to `path` (the waits between attempts)."""
+        times = [r.at for r in self.requests_to(path)]
+        return [b - a for a, b in zip(times, times[1:])]
+
 
 def closed_port() -> int:
     """A port on 127.0.0.1 where nothing listens (connection refused)."""

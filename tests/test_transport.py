@@ -31,7 +31,8 @@ from otel_integration.propagation import set_request_id
 from otel_integration.settings import Settings
 from otel_integration.tracing import REQUEST_BODY_NOT_REPLAYABLE, RESEND_COUNT
 from otel_integration.transport import ResilientTransport
-from tests.peers import FaultServer, closed_port
+from tests.conftest import Instrumented
+from tests.peers import closed_port
 
 RETRIES = "http.client.retries"
 BUDGET_EXHAUSTED = "http.client.retry_budget.exhausted"
@@ -46,30 +47,6 @@ CIRCUIT_OPEN_TYPE = "otel_integration.errors.CircuitOpenError"
 
 def rejected_spans(inst) -> list:
     return [s for s in inst.client_spans() if s.attributes.get("error.type") == CIRCUIT_OPEN_TYPE]
-
-
-def span_request_id(span) -> str | None:
-    # Captured by the upstream instrumentation (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST);
-    # the attribute key is normalised by opentelemetry-util-http.
-    for key in ("http.request.header.x-request-id", "http.request.header.x_request_id"):
-        value = span.attributes.get(key)
-        if value is not None:
-            return value[0] if isinstance(value, (tuple, list)) else value
-    return None
-
-
-def breaker_of(inst, server_or_port) -> object:
-    port = server_or_port if isinstance(server_or_port, int) else server_or_port.port
-    return inst.layer.breakers.get(f"127.0.0.1:{port}")
-
-
-def ids_seen(server: FaultServer, path: str) -> list[str]:
-    return [r.headers.get("x-request-id") for r in server.requests_to(path)]
-
-
-def gaps(server: FaultServer, path: str) -> list[float]:
-    times = [r.at for r in server.requests_to(path)]
-    return [b - a for a, b in zip(times, times[1:])]
 
 
 # --- attempt counts -----------------------------------------------------------------
@@ -98,7 +75,7 @@ def test_500_is_not_retried_but_counts_for_the_breaker(instrument, fault_server)
         response = client.get(f"{fault_server.url}/status/500")
     assert response.status_code == 500
     assert len(fault_server.requests_to("/status/500")) == 1
-    assert breaker_of(inst, fault_server).status().failure_count == 1
+    assert inst.breaker(fault_server).status().failure_count == 1
     assert inst.counter_total(RETRIES) == 0
 
 
@@ -113,7 +90,7 @@ def test_4xx_is_never_retried_and_never_a_breaker_failure(instrument, fault_serv
         client.get(f"{fault_server.url}/status/{status}")
         client.get(f"{fault_server.url}/status/500")
     assert len(fault_server.requests_to(f"/status/{status}")) == 5
-    breaker = breaker_of(inst, fault_server)
+    breaker = inst.breaker(fault_server)
     assert breaker.state() == "closed"
     assert breaker.status().failure_count == 1
 
@@ -201,7 +178,7 @@ def test_retry_after_seconds_is_honoured(instrument, fault_server):
     with httpx.Client() as client:
         response = client.get(f"{fault_server.url}/flaky/ra?fail=1&retry_after=1")
     assert response.status_code == 200
-    (gap,) = gaps(fault_server, "/flaky/ra")
+    (gap,) = fault_server.gaps("/flaky/ra")
     assert gap >= 0.9
 
 
@@ -211,7 +188,7 @@ def test_retry_after_http_date_is_honoured(instrument, fault_server):
     with httpx.Client() as client:
         response = client.get(f"{fault_server.url}/flaky/date?fail=1&retry_after={quote(when)}")
     assert response.status_code == 200
-    (gap,) = gaps(fault_server, "/flaky/date")
+    (gap,) = fault_server.gaps("/flaky/date")
     assert gap >= 0.9
 
 
@@ -223,7 +200,7 @@ def test_retry_after_is_clipped_to_retry_max_wait(instrument, fault_server):
     elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert len(fault_server.requests_to("/status/503")) == 3
-    assert all(g >= 0.15 for g in gaps(fault_server, "/status/503"))  # the clipped wait is still waited
+    assert all(g >= 0.15 for g in fault_server.gaps("/status/503"))  # the clipped wait is still waited
     assert elapsed < 10  # 30 s unclipped
 
 
@@ -364,18 +341,18 @@ def test_all_attempts_share_one_request_id(instrument, fault_server):
     inst = instrument()
     with httpx.Client() as client:
         response = client.get(f"{fault_server.url}/status/503")
-    ids = ids_seen(fault_server, "/status/503")
+    ids = fault_server.request_ids("/status/503")
     assert len(ids) == 3 and len(set(ids)) == 1
     uuid.UUID(ids[0])
     assert response.request.headers["x-request-id"] == ids[0]
-    assert [span_request_id(s) for s in inst.attempt_spans(fault_server.port)] == ids
+    assert [Instrumented.request_id_of(s) for s in inst.attempt_spans(fault_server.port)] == ids
 
 
 def test_valid_user_request_id_is_kept(instrument, fault_server):
     instrument()
     with httpx.Client() as client:
         client.get(f"{fault_server.url}/flaky/u?fail=2", headers={"X-Request-ID": "order-42.a:b_c"})
-    assert ids_seen(fault_server, "/flaky/u") == ["order-42.a:b_c"] * 3
+    assert fault_server.request_ids("/flaky/u") == ["order-42.a:b_c"] * 3
 
 
 @pytest.mark.parametrize("bad", ["has space", "semi;colon", "x" * 129, ""])
@@ -383,7 +360,7 @@ def test_invalid_user_request_id_is_replaced(instrument, fault_server, bad):
     instrument()
     with httpx.Client() as client:
         client.get(f"{fault_server.url}/flaky/bad?fail=1", headers={"X-Request-ID": bad})
-    ids = ids_seen(fault_server, "/flaky/bad")
+    ids = fault_server.request_ids("/flaky/bad")
     assert len(ids) == 2 and len(set(ids)) == 1
     assert ids[0] != bad
     uuid.UUID(ids[0])
@@ -394,7 +371,7 @@ def test_separate_calls_get_separate_request_ids(instrument, fault_server):
     with httpx.Client() as client:
         for _ in range(3):
             client.get(f"{fault_server.url}/ok")
-    ids = ids_seen(fault_server, "/ok")
+    ids = fault_server.request_ids("/ok")
     assert len(set(ids)) == 3
 
 
@@ -407,8 +384,8 @@ def test_request_id_of_the_current_context_is_used(instrument, fault_server):
             client.get(f"{fault_server.url}/ok")
     finally:
         otel_context.detach(token)
-    assert ids_seen(fault_server, "/flaky/ctx") == ["incoming-123"] * 2
-    assert ids_seen(fault_server, "/ok") == ["incoming-123"]
+    assert fault_server.request_ids("/flaky/ctx") == ["incoming-123"] * 2
+    assert fault_server.request_ids("/ok") == ["incoming-123"]
 
 
 # --- discarded responses go back to the pool ------------------------------------------------------
@@ -496,7 +473,7 @@ def test_breaker_opens_within_two_calls_to_a_dead_port_and_stops_the_retry_loop(
         with pytest.raises(httpx.ConnectError):
             client.get(f"http://127.0.0.1:{port}/a")
         assert len(inst.attempt_spans(port)) == 5  # the loop stopped when the breaker opened
-        assert breaker_of(inst, port).state() == "open"
+        assert inst.breaker(port).state() == "open"
         with pytest.raises(CircuitOpenError):
             client.get(f"http://127.0.0.1:{port}/a")
     assert len(inst.attempt_spans(port)) == 5  # the rejected call did no I/O
@@ -509,7 +486,7 @@ def test_retry_loop_stops_as_soon_as_the_breaker_opens(instrument, fault_server)
     assert response.status_code == 503  # the user gets the last response, not CircuitOpenError
     assert len(fault_server.requests_to("/status/503")) == 2
     assert inst.counter_total(RETRIES) == 1
-    assert breaker_of(inst, fault_server).state() == "open"
+    assert inst.breaker(fault_server).state() == "open"
 
 
 def test_open_breaker_fails_fast_without_reaching_the_server(instrument, fault_server):
@@ -586,9 +563,9 @@ def test_half_open_trial_success_closes_the_breaker(instrument, fault_server):
         with pytest.raises(CircuitOpenError):
             client.get(f"{fault_server.url}/ok")
         time.sleep(0.35)
-        assert breaker_of(inst, fault_server).state() == "half_open"
+        assert inst.breaker(fault_server).state() == "half_open"
         assert client.get(f"{fault_server.url}/ok").status_code == 200
-        assert breaker_of(inst, fault_server).state() == "closed"
+        assert inst.breaker(fault_server).state() == "closed"
         assert client.get(f"{fault_server.url}/ok").status_code == 200
     assert len(fault_server.requests_to("/ok")) == 2
 
@@ -600,7 +577,7 @@ def test_half_open_trial_failure_reopens_without_retrying(instrument, fault_serv
         client.get(f"{fault_server.url}/status/500")
         time.sleep(0.35)
         assert client.get(f"{fault_server.url}/status/503").status_code == 503
-        assert breaker_of(inst, fault_server).state() == "open"
+        assert inst.breaker(fault_server).state() == "open"
         with pytest.raises(CircuitOpenError):
             client.get(f"{fault_server.url}/ok")
     assert len(fault_server.requests_to("/status/503")) == 1  # the trial failed: no retry into an open breaker
@@ -635,7 +612,7 @@ def test_half_open_admits_only_the_configured_trials_across_threads(instrument, 
     assert len(fault_server.requests_to("/slow")) == half_open_calls
     assert results.count(200) == half_open_calls
     assert sum(isinstance(r, CircuitOpenError) for r in results) == n - half_open_calls
-    assert breaker_of(inst, fault_server).state() == "closed"
+    assert inst.breaker(fault_server).state() == "closed"
 
 
 # --- spans and metrics -------------------------------------------------------------------------------
@@ -650,7 +627,7 @@ def test_one_span_per_attempt_with_resend_count_and_request_id(instrument, fault
     assert [s.attributes.get(RESEND_COUNT) for s in spans] == [None, 1, 2]
     assert [s.attributes.get("http.response.status_code") for s in spans] == [503, 503, 200]
     header = response.request.headers["x-request-id"]
-    assert [span_request_id(s) for s in spans] == [header] * 3
+    assert [Instrumented.request_id_of(s) for s in spans] == [header] * 3
     assert all(s.kind is SpanKind.CLIENT for s in spans)
 
 

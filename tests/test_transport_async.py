@@ -23,7 +23,8 @@ from otel_integration.errors import CircuitOpenError
 from otel_integration.instrumentation import OtelIntegrationInstrumentor
 from otel_integration.tracing import REQUEST_BODY_NOT_REPLAYABLE, RESEND_COUNT
 from otel_integration.transport import AsyncResilientTransport
-from tests.peers import FaultServer, closed_port
+from tests.conftest import Instrumented
+from tests.peers import closed_port
 
 RETRIES = "http.client.retries"
 BUDGET_EXHAUSTED = "http.client.retry_budget.exhausted"
@@ -31,28 +32,6 @@ REJECTIONS = "http.client.circuit_breaker.rejections"
 TRANSITIONS = "http.client.circuit_breaker.transitions"
 STATE = "http.client.circuit_breaker.state"
 CIRCUIT_OPEN_TYPE = "otel_integration.errors.CircuitOpenError"
-
-
-def span_request_id(span) -> str | None:
-    for key in ("http.request.header.x-request-id", "http.request.header.x_request_id"):
-        value = span.attributes.get(key)
-        if value is not None:
-            return value[0] if isinstance(value, (tuple, list)) else value
-    return None
-
-
-def breaker_of(inst, server_or_port) -> object:
-    port = server_or_port if isinstance(server_or_port, int) else server_or_port.port
-    return inst.layer.breakers.get(f"127.0.0.1:{port}")
-
-
-def ids_seen(server: FaultServer, path: str) -> list[str]:
-    return [r.headers.get("x-request-id") for r in server.requests_to(path)]
-
-
-def gaps(server: FaultServer, path: str) -> list[float]:
-    times = [r.at for r in server.requests_to(path)]
-    return [b - a for a, b in zip(times, times[1:])]
 
 
 async def get(url: str, **kwargs) -> httpx.Response:
@@ -90,7 +69,7 @@ def test_500_is_not_retried_but_counts_for_the_breaker(instrument, fault_server)
     inst = instrument()
     assert run(get(f"{fault_server.url}/status/500")).status_code == 500
     assert len(fault_server.requests_to("/status/500")) == 1
-    assert breaker_of(inst, fault_server).status().failure_count == 1
+    assert inst.breaker(fault_server).status().failure_count == 1
 
 
 @pytest.mark.parametrize("status", [400, 404])
@@ -104,8 +83,8 @@ def test_4xx_is_never_retried_and_never_a_breaker_failure(instrument, fault_serv
 
     run(main())
     assert len(fault_server.requests_to(f"/status/{status}")) == 4
-    assert breaker_of(inst, fault_server).state() == "closed"
-    assert breaker_of(inst, fault_server).status().failure_count == 0
+    assert inst.breaker(fault_server).state() == "closed"
+    assert inst.breaker(fault_server).status().failure_count == 0
 
 
 def test_connection_refused_is_retried(instrument):
@@ -160,7 +139,7 @@ def test_post_is_retried_on_connection_refused(instrument):
 def test_retry_after_seconds_is_honoured(instrument, fault_server):
     instrument(retry_attempts=2, retry_max_wait=2.0)
     assert run(get(f"{fault_server.url}/flaky/ra?fail=1&retry_after=1")).status_code == 200
-    (gap,) = gaps(fault_server, "/flaky/ra")
+    (gap,) = fault_server.gaps("/flaky/ra")
     assert gap >= 0.9
 
 
@@ -168,7 +147,7 @@ def test_retry_after_http_date_is_honoured(instrument, fault_server):
     instrument(retry_attempts=2, retry_max_wait=3.0)
     when = email.utils.formatdate(time.time() + 2, usegmt=True)
     assert run(get(f"{fault_server.url}/flaky/date?fail=1&retry_after={quote(when)}")).status_code == 200
-    (gap,) = gaps(fault_server, "/flaky/date")
+    (gap,) = fault_server.gaps("/flaky/date")
     assert gap >= 0.9
 
 
@@ -177,7 +156,7 @@ def test_retry_after_is_clipped_to_retry_max_wait(instrument, fault_server):
     started = time.monotonic()
     assert run(get(f"{fault_server.url}/status/503?retry_after=30")).status_code == 503
     assert len(fault_server.requests_to("/status/503")) == 3
-    assert all(g >= 0.15 for g in gaps(fault_server, "/status/503"))
+    assert all(g >= 0.15 for g in fault_server.gaps("/status/503"))
     assert time.monotonic() - started < 10
 
 
@@ -247,17 +226,17 @@ def test_request_ids(instrument, fault_server):
             return r
 
     response = run(main())
-    ids = ids_seen(fault_server, "/status/503")
+    ids = fault_server.request_ids("/status/503")
     assert len(ids) == 3 and len(set(ids)) == 1
     uuid.UUID(ids[0])
     assert response.request.headers["x-request-id"] == ids[0]
     spans = [s for s in inst.attempt_spans(fault_server.port) if s.attributes["url.full"].endswith("/status/503")]
-    assert [span_request_id(s) for s in spans] == ids
-    assert ids_seen(fault_server, "/flaky/u") == ["user-1", "user-1"]
-    bad = ids_seen(fault_server, "/flaky/bad")
+    assert [Instrumented.request_id_of(s) for s in spans] == ids
+    assert fault_server.request_ids("/flaky/u") == ["user-1", "user-1"]
+    bad = fault_server.request_ids("/flaky/bad")
     assert len(set(bad)) == 1 and bad[0] != "bad id"
     uuid.UUID(bad[0])
-    concurrent = ids_seen(fault_server, "/ok")
+    concurrent = fault_server.request_ids("/ok")
     assert len(set(concurrent)) == 3  # concurrent tasks do not share IDs
     assert not set(concurrent) & {ids[0], bad[0]}
 
@@ -383,7 +362,7 @@ def test_half_open_admits_only_the_configured_trials_across_tasks(instrument, fa
     assert len(fault_server.requests_to("/slow")) == half_open_calls
     assert sum(isinstance(r, httpx.Response) and r.status_code == 200 for r in results) == half_open_calls
     assert sum(isinstance(r, CircuitOpenError) for r in results) == n - half_open_calls
-    assert breaker_of(inst, fault_server).state() == "closed"
+    assert inst.breaker(fault_server).state() == "closed"
     states = [a["circuit_breaker.state"] for a, _ in inst.metric_points(TRANSITIONS)]
     assert sorted(states) == ["closed", "half_open", "open"]
 
@@ -396,7 +375,7 @@ def test_one_span_per_attempt_with_resend_count(instrument, fault_server):
     response = run(get(f"{fault_server.url}/flaky/spans?fail=2"))
     spans = inst.attempt_spans(fault_server.port)
     assert [s.attributes.get(RESEND_COUNT) for s in spans] == [None, 1, 2]
-    assert [span_request_id(s) for s in spans] == [response.request.headers["x-request-id"]] * 3
+    assert [Instrumented.request_id_of(s) for s in spans] == [response.request.headers["x-request-id"]] * 3
     points = [(a, p.value) for a, p in inst.metric_points(RETRIES)]
     assert points == [
         (
