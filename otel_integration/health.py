@@ -89,8 +89,16 @@ class DependencyStats:
 class Probe:
     """One downstream's active probe: cached result, refreshed in the background."""
 
-    def __init__(self, name: str, url: str, ttl: float, on_result: Callable[[Probe], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        ttl: float,
+        on_result: Callable[[Probe], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
+        self._clock = clock
         self.url = url
         self.ttl = ttl
         self.healthy: bool | None = None
@@ -106,7 +114,7 @@ class Probe:
         with self._lock:
             if self._running:
                 return
-            if self.healthy is not None and time.monotonic() - self.checked_at < self.ttl:
+            if self.healthy is not None and self._clock() - self.checked_at < self.ttl:
                 return
             self._running = True
         thread = threading.Thread(target=self._run, name=f"otel-integration-probe:{self.name}", daemon=True)
@@ -126,7 +134,7 @@ class Probe:
             healthy, error = False, type(exc).__name__
         with self._lock:
             self.healthy, self.error = healthy, error
-            self.checked_at = time.monotonic()
+            self.checked_at = self._clock()
             self._running = False
         self._first.set()
         try:
@@ -199,7 +207,7 @@ class HealthState:
         self._lock = threading.Lock()
         self._stats: OrderedDict[str, DependencyStats] = OrderedDict()
         self.probes = {
-            name: Probe(name, url, layer.settings.health_probe_ttl, self._probe_result)
+            name: Probe(name, url, layer.settings.health_probe_ttl, self._probe_result, layer.clock)
             for name, url in layer.settings.health_probes.items()
         }
 

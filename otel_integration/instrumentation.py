@@ -66,6 +66,7 @@ class OtelIntegrationInstrumentor(BaseInstrumentor):
             settings,
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
+            **({"clock": kwargs["clock"]} if "clock" in kwargs else {}),
         )
         OtelIntegrationInstrumentor.layer = layer
         for hook in _layer_hooks:

@@ -13,6 +13,7 @@ names it, else by ``host:port``.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,8 +51,12 @@ class ResilienceLayer:
         *,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        # Every time-based decision (breaker open windows, budget refills, probe
+        # TTLs) reads this clock, so tests can move time instead of sleeping.
+        self.clock = clock
         # Kept so later parts (health statistics) can add span processors to it.
         self.tracer_provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
@@ -73,6 +78,7 @@ class ResilienceLayer:
             max_breakers=settings.max_downstreams,
             on_transition=self._on_transition,
             on_storage_error=self._on_storage_error,
+            clock=clock,
         )
 
     def downstream(self, host: str, port: int) -> Downstream:
@@ -116,6 +122,7 @@ class ResilienceLayer:
             budget=RetryBudget(
                 ratio=settings.retry_budget_ratio,
                 min_per_second=settings.retry_budget_min_per_second,
+                clock=self.clock,
             ),
         )
         if isinstance(breaker, _GatedBreaker):
@@ -138,6 +145,7 @@ class ResilienceLayer:
                     max_breakers=1,
                     on_transition=self._on_transition,
                     on_storage_error=self._on_storage_error,
+                    clock=self.clock,
                 )
             return registry
 

@@ -666,9 +666,12 @@ class OTLPReceiver:
             self._requests.clear()
 
     def wait_for(
-        self, predicate: Callable[["OTLPReceiver"], bool], timeout: float = 10.0
+        self, predicate: Callable[["OTLPReceiver"], bool], timeout: float = 30.0
     ) -> bool:
-        """Poll ``predicate(self)`` until it is true (-> True) or ``timeout`` s pass (-> False)."""
+        """Poll ``predicate(self)`` until it is true (-> True) or ``timeout`` s pass (-> False).
+
+        The default timeout only bounds a hang: on a busy machine exports arrive late, not never.
+        """
         deadline = time.monotonic() + timeout
         while True:
             if predicate(self):

@@ -114,7 +114,8 @@ def instrument() -> Iterator:
     """`instrument(**settings)` instruments httpx (upstream + ours) until the test ends."""
     active: list[tuple[OtelIntegrationInstrumentor, HTTPXClientInstrumentor]] = []
 
-    def start(**overrides: object) -> Instrumented:
+    def start(clock: object = None, **overrides: object) -> Instrumented:
+        """`clock`: a FakeClock for breaker windows, budgets and probe TTLs (default: real time)."""
         settings = replace(Settings(), **{**FAST, **overrides})
         exporter = InMemorySpanExporter()
         tracer_provider = TracerProvider()
@@ -125,7 +126,12 @@ def instrument() -> Iterator:
         upstream = HTTPXClientInstrumentor()
         upstream.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
         ours = OtelIntegrationInstrumentor()
-        ours.instrument(settings=settings, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        ours.instrument(
+            settings=settings,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            **({"clock": clock} if clock is not None else {}),
+        )
         active.append((ours, upstream))
         assert OtelIntegrationInstrumentor.layer is not None
         return Instrumented(exporter, reader, OtelIntegrationInstrumentor.layer)

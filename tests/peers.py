@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -36,6 +37,19 @@ def require_binary(name: str, hint: str = "") -> str:
             pytest.fail(f"{message}; CI must run this test", pytrace=False)
         pytest.skip(message)
     return path
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `predicate` until it is true; fail after `timeout` seconds.
+
+    The timeout is generous on purpose: it only bounds a hung test, and a
+    busy CI machine must never make a correct test fail.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{what} not met within {timeout} s", pytrace=False)
+        time.sleep(0.02)
 
 
 @dataclass(frozen=True)

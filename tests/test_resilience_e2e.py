@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -52,12 +53,13 @@ def servers():
 class Layer:
     """A second resilience layer with its own telemetry, reached through hand-made transports."""
 
-    def __init__(self, **overrides: object) -> None:
+    def __init__(self, clock: Any = time.monotonic, **overrides: object) -> None:
         self.reader = InMemoryMetricReader()
         self.layer = ResilienceLayer(
             replace(Settings(), **{**FAST, **overrides}),
             tracer_provider=TracerProvider(),
             meter_provider=MeterProvider(metric_readers=[self.reader]),
+            clock=clock,
         )
 
     def client(self) -> httpx.Client:
@@ -127,9 +129,10 @@ def test_failures_through_one_layer_open_the_breaker_seen_by_another(
     assert a.counter_total(REJECTIONS) == 0
 
 
-def test_breaker_closed_by_one_layer_is_closed_for_the_other(instrument, second_layer, redis_peer, servers):
+def test_breaker_closed_by_one_layer_is_closed_for_the_other(instrument, second_layer, redis_peer, servers, clock):
     server, _ = servers
-    shared = {"breaker_storage": redis_peer.url, "breaker_threshold": 2, "breaker_open_seconds": 0.3}
+    # Both layers read one fake clock (Redis stores epoch seconds derived from it).
+    shared = {"breaker_storage": redis_peer.url, "breaker_threshold": 2, "breaker_open_seconds": 30, "clock": clock}
     instrument(**shared)
     b = second_layer(**shared)
     with httpx.Client() as client_a, b.client() as client_b:
@@ -137,15 +140,15 @@ def test_breaker_closed_by_one_layer_is_closed_for_the_other(instrument, second_
         client_a.get(f"{server.url}/status/500")
         with pytest.raises(CircuitOpenError):
             client_b.get(f"{server.url}/ok")
-        time.sleep(0.35)
+        clock.advance(31)
         assert client_b.get(f"{server.url}/ok").status_code == 200  # B's half-open trial closes it
         assert client_a.get(f"{server.url}/ok").status_code == 200
     assert len(server.requests_to("/ok")) == 2
 
 
-def test_redis_killed_mid_test_calls_still_work(instrument, second_layer, redis_peer, servers):
+def test_redis_killed_mid_test_calls_still_work(instrument, second_layer, redis_peer, servers, clock):
     server, other = servers
-    shared = {"breaker_storage": redis_peer.url, "breaker_threshold": 2, "breaker_open_seconds": 1.0}
+    shared = {"breaker_storage": redis_peer.url, "breaker_threshold": 2, "breaker_open_seconds": 30, "clock": clock}
     a = instrument(**shared)
     b = second_layer(**shared)
     with httpx.Client() as client_a, b.client() as client_b:
@@ -169,7 +172,7 @@ def test_redis_killed_mid_test_calls_still_work(instrument, second_layer, redis_
         assert time.monotonic() - started < 10  # no hang on the dead Redis
 
         # The open breaker falls back to memory and recovers on its own.
-        time.sleep(1.05)
+        clock.advance(31)
         assert client_b.get(f"{server.url}/ok").status_code == 200
         assert client_a.get(f"{server.url}/ok").status_code == 200
     assert len(other.requests_to("/flaky/k")) == 2

@@ -343,8 +343,10 @@ def test_retry_loop_stops_as_soon_as_the_breaker_opens(instrument, fault_server)
 
 
 @pytest.mark.parametrize("half_open_calls", [1, 2])
-def test_half_open_admits_only_the_configured_trials_across_tasks(instrument, fault_server, half_open_calls):
-    inst = instrument(breaker_threshold=2, breaker_open_seconds=0.3, breaker_half_open_calls=half_open_calls)
+def test_half_open_admits_only_the_configured_trials_across_tasks(instrument, fault_server, half_open_calls, clock):
+    inst = instrument(
+        clock=clock, breaker_threshold=2, breaker_open_seconds=30, breaker_half_open_calls=half_open_calls
+    )
     n = 8
 
     async def main():
@@ -353,7 +355,7 @@ def test_half_open_admits_only_the_configured_trials_across_tasks(instrument, fa
             await client.get(f"{fault_server.url}/status/500")
             with pytest.raises(CircuitOpenError):
                 await client.get(f"{fault_server.url}/ok")
-            await asyncio.sleep(0.35)
+            clock.advance(31)
             return await asyncio.gather(
                 *(client.get(f"{fault_server.url}/slow?delay=0.3") for _ in range(n)), return_exceptions=True
             )

@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             p.heading(f"phase {number}/{len(phases)}: {phase.name}")
             print(f"  {phase.title}")
             print(p.dim(f"  POST extract/admin/fault {phase.fault}"
-                        + (f", then wait {phase.wait_before:.1f} s" if phase.wait_before else "")),
+                        + (", then wait until dms/healthz shows extract's breaker half-open"
+                           if phase.until_half_open else "")),
                   flush=True)
 
         def on_result(result: Result) -> None:

@@ -127,7 +127,9 @@ class Phase:
     title: str
     fault: dict[str, Any]
     documents: int
-    wait_before: float = 0.0
+    # Before sending: wait until dms's breaker for extract reads half-open (the
+    # open window elapsed), polled on dms's health endpoint with a deadline.
+    until_half_open: bool = False
 
 
 @dataclass
@@ -302,7 +304,7 @@ class Pipeline:
                   {"mode": "down"}, 4),
             Phase("recovered", f"extract is back; after {self.breaker_open_seconds:g}s the "
                   "breaker lets a trial call through (half-open) and closes",
-                  {"mode": "ok"}, 2, wait_before=self.breaker_open_seconds + 0.3),
+                  {"mode": "ok"}, 2, until_half_open=True),
         ]
 
     def run_phases(self, on_result: Any = None, on_phase: Any = None,
@@ -311,8 +313,8 @@ class Pipeline:
             if on_phase:
                 on_phase(phase)
             self.set_fault(**phase.fault)
-            if phase.wait_before:
-                time.sleep(phase.wait_before)
+            if phase.until_half_open:
+                self.wait_half_open()
             for n in range(1, phase.documents + 1):
                 # One request leaves the ID to dms, to show that it makes one up and echoes it.
                 request_id = None if (phase.name, n) == ("healthy", 2) else \
@@ -327,7 +329,18 @@ class Pipeline:
         self.settle_metrics()
         return self.results
 
-    def settle_metrics(self, timeout: float = 3.0) -> None:
+    def wait_half_open(self) -> None:
+        """Poll dms's health endpoint until its breaker for extract is half-open."""
+        deadline = time.monotonic() + self.breaker_open_seconds + 30
+        while time.monotonic() < deadline:
+            health = self.dependency_health()
+            extract = ((health or {}).get("body") or {}).get("dependencies", {}).get("extract", {})
+            if extract.get("breaker") == "half_open":
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"dms's breaker for extract not half-open {self.breaker_open_seconds + 30:g}s later")
+
+    def settle_metrics(self, timeout: float = 30.0) -> None:
         """Wait for one metrics export per service that postdates the traffic.
 
         The last state changes (the breaker closing) must reach the backend before the
@@ -360,7 +373,7 @@ class Pipeline:
 
     # --- telemetry -------------------------------------------------------------------
 
-    def wait_for_telemetry(self, timeout: float = 10.0) -> None:
+    def wait_for_telemetry(self, timeout: float = 30.0) -> None:
         """After stop(): wait until every result's trace has arrived and exports settled."""
         if self.receiver is None:
             return
