@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LOCK := requirements/dev.txt
 
-.PHONY: test test-stress demo bench check lock install-check clean
+.PHONY: test test-stress typecheck demo bench check lock install-check clean
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# mypy --strict over the package (configured in pyproject.toml); CI runs it.
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
 
 # The whole suite three times while two CPU hogs keep both cores busy.
 test-stress: $(VENV)/.installed

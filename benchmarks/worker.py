@@ -59,10 +59,10 @@ def _info() -> dict[str, object]:
         from opentelemetry import trace
 
         info["tracer_provider"] = type(trace.get_tracer_provider()).__name__
-    if "otel_integration.instrumentation" in sys.modules:
-        from otel_integration.instrumentation import OtelIntegrationInstrumentor
+    if "otel_integration._client.layer" in sys.modules:
+        from otel_integration._client import layer as layers
 
-        info["otel_integration_layer"] = OtelIntegrationInstrumentor.layer is not None
+        info["otel_integration_layer"] = layers.active() is not None
     return info
 
 
@@ -152,14 +152,14 @@ def concurrent_requests(spec: dict) -> dict:
 
 def breaker_rejections(spec: dict) -> dict:
     """Ours only: a call rejected by an open breaker vs one real request, sync and async."""
+    from otel_integration._client import layer as layers
     from otel_integration.errors import CircuitOpenError
-    from otel_integration.instrumentation import OtelIntegrationInstrumentor
 
-    layer = OtelIntegrationInstrumentor.layer
+    layer = layers.active()
     assert layer is not None, "the otel_integration layer is not active"
     url, open_url, n = spec["url"], spec["open_url"], spec["n"]
     open_key = httpx.URL(open_url)
-    breaker = layer.breakers.get(f"{open_key.host}:{open_key.port}")
+    breaker = layer.downstreams.get(open_key.host, open_key.port or 80).breaker
     result: dict = {}
     with httpx.Client() as client:
         for _ in range(layer.settings.breaker_threshold):  # 500s: breaker failures, not retried
@@ -235,10 +235,10 @@ def many_hosts(spec: dict) -> dict:
     transport._pool = _FakePool()  # type: ignore[assignment]
     urls = [f"http://h{i}.bench.invalid/" for i in range(hosts)]
     layer = None
-    if "otel_integration.instrumentation" in sys.modules:
-        from otel_integration.instrumentation import OtelIntegrationInstrumentor
+    if "otel_integration._client.layer" in sys.modules:
+        from otel_integration._client import layer as layers
 
-        layer = OtelIntegrationInstrumentor.layer
+        layer = layers.active()
     gc.collect()
     result: dict = {"rss_start_mb": _rss_mb(), "rounds": []}
     done = 0
@@ -253,8 +253,8 @@ def many_hosts(spec: dict) -> dict:
             gc.collect()
             entry = {"requests": requests, "total_requests": done, "rss_mb": _rss_mb(), "us_per_request": wall / requests / 1000}
             if layer is not None:
-                entry["downstreams"] = len(layer._downstreams)
-                entry["breakers"] = len(layer.breakers)
+                entry["downstreams"] = len(layer.downstreams)
+                entry["breakers"] = len(layer.downstreams)  # one breaker per downstream, in the same LRU
             result["rounds"].append(entry)
     if layer is not None:
         result["max_downstreams"] = layer.settings.max_downstreams

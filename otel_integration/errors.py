@@ -5,20 +5,34 @@ written against plain httpx already catches, so adopting the distro never
 breaks an existing ``except httpx.RequestError`` block.
 
 Messages name the downstream (``host:port`` or its logical name) and never
-contain URLs with credentials, headers or bodies.
+contain URLs, headers or bodies. Every error can be pickled (a process-pool
+worker may raise one); the request it was raised for is not pickled with it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import httpx
+
+__all__ = ["CircuitOpenError", "DownstreamUnhealthyError", "IntegrationError", "error_type"]
+
+
+def error_type(exc_type: type[BaseException]) -> str:
+    """The ``error.type`` of an exception on spans and metrics: its class name (``ConnectError``).
+
+    The form the upstream httpx instrumentation writes on its spans, so one
+    failure reads the same on spans, metrics, alerts and the dashboard.
+    """
+    return exc_type.__qualname__
 
 
 class IntegrationError(Exception):
     """Base class of every error raised by otel_integration's HTTP layer."""
 
     downstream: str
+    _request: httpx.Request | None  # as on httpx.RequestError, which every subclass also is
 
     def __init__(self, message: str, *, downstream: str, request: httpx.Request | None = None) -> None:
         # httpx's RequestError takes (message, request=...); plain Exception takes args.
@@ -27,28 +41,46 @@ class IntegrationError(Exception):
         if request is not None:
             self._request = request
 
+    def _state(self) -> dict[str, Any]:
+        return {"downstream": self.downstream}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickles as cls(*args); ours take keyword arguments (and a request that stays behind).
+        return (_rebuild, (type(self), self._state()))
+
+
+def _rebuild(cls: type[IntegrationError], state: dict[str, Any]) -> IntegrationError:
+    return cls(**state)
+
+
+def _when(epoch: float) -> str:
+    try:
+        return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch:.0f} (epoch seconds)"
+
 
 class CircuitOpenError(IntegrationError, httpx.TransportError):
-    """The downstream's circuit breaker is open: the call failed fast, no I/O."""
+    """The downstream's circuit breaker refused the call: it failed fast, with no I/O.
 
-    def __init__(
-        self,
-        *,
-        downstream: str,
-        retry_at: float,
-        request: httpx.Request | None = None,
-    ) -> None:
-        when = dt.datetime.fromtimestamp(retry_at, tz=dt.timezone.utc).isoformat(timespec="seconds")
-        super().__init__(
-            f"circuit breaker for {downstream} is open; calls fail fast until {when}",
-            downstream=downstream,
-            request=request,
-        )
+    ``retry_at``: when the breaker lets a trial call through (epoch seconds), or
+    None while it is half-open with its trial calls in flight.
+    """
+
+    def __init__(self, *, downstream: str, retry_at: float | None, request: httpx.Request | None = None) -> None:
+        if retry_at is None:
+            message = f"circuit breaker for {downstream} is half-open: trial calls are in flight; calls fail fast until one succeeds"
+        else:
+            message = f"circuit breaker for {downstream} is open; calls fail fast until {_when(retry_at)}"
+        super().__init__(message, downstream=downstream, request=request)
         self.retry_at = retry_at
+
+    def _state(self) -> dict[str, Any]:
+        return {"downstream": self.downstream, "retry_at": self.retry_at}
 
 
 class DownstreamUnhealthyError(IntegrationError, httpx.TransportError):
-    """The downstream's active health probe is failing: the call failed fast."""
+    """The downstream's active health probe is failing: the call failed fast, with no I/O."""
 
     def __init__(self, *, downstream: str, request: httpx.Request | None = None) -> None:
         super().__init__(
@@ -56,11 +88,3 @@ class DownstreamUnhealthyError(IntegrationError, httpx.TransportError):
             downstream=downstream,
             request=request,
         )
-
-
-def qualified_name(exc_type: type[BaseException]) -> str:
-    """`error.type` value for an exception: its fully qualified class name."""
-    module = exc_type.__module__
-    if module == "builtins":
-        return exc_type.__qualname__
-    return f"{module}.{exc_type.__qualname__}"

@@ -38,7 +38,7 @@ class _Ok(BaseHTTPRequestHandler):
 
 def main() -> int:
     import otel_integration
-    from otel_integration.receiver import OTLPReceiver
+    from otel_integration.devtools.receiver import OTLPReceiver
 
     installed = Path(otel_integration.__file__).resolve()
     if REPO in installed.parents:

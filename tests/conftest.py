@@ -17,10 +17,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
-from otel_integration.instrumentation import OtelIntegrationInstrumentor  # noqa: E402
-from otel_integration.layer import ResilienceLayer  # noqa: E402
-from otel_integration.settings import Settings  # noqa: E402
-from otel_integration.tracing import HTTPX_SCOPE, AttemptSpanProcessor  # noqa: E402
+from otel_integration._client.instrumentor import OtelIntegrationInstrumentor  # noqa: E402
+from otel_integration._client import layer as layers  # noqa: E402
+from otel_integration._client.layer import ResilienceLayer  # noqa: E402
+from otel_integration._settings import Settings  # noqa: E402
+from otel_integration._client.tracing import HTTPX_SCOPE, AttemptSpanProcessor  # noqa: E402
 from tests.peers import QuickFaultServer  # noqa: E402
 
 
@@ -74,7 +75,7 @@ class Instrumented:
     def breaker(self, server_or_port: object) -> object:
         """The breaker of a 127.0.0.1 downstream (a FaultServer or a port)."""
         port = server_or_port if isinstance(server_or_port, int) else server_or_port.port  # type: ignore[attr-defined]
-        return self.layer.breakers.get(f"127.0.0.1:{port}")
+        return self.layer.downstreams.get("127.0.0.1", port).breaker
 
     @staticmethod
     def request_id_of(span: ReadableSpan) -> str | None:
@@ -99,6 +100,18 @@ class Instrumented:
             if all(attrs.get(k.replace("_", ".")) == v for k, v in attributes.items()):
                 total += point.value  # type: ignore[attr-defined]
         return total
+
+
+def reader_total(reader: InMemoryMetricReader, name: str) -> float:
+    """The sum of every point of metric `name` that `reader` collects (all attributes)."""
+    data = reader.get_metrics_data()
+    total = 0.0
+    for resource_metrics in data.resource_metrics if data else []:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name == name:
+                    total += sum(p.value for p in metric.data.data_points)  # type: ignore[union-attr]
+    return total
 
 
 # Tests run with quick, deterministic-ish retries unless they override.
@@ -133,8 +146,9 @@ def instrument() -> Iterator:
             **({"clock": clock} if clock is not None else {}),
         )
         active.append((ours, upstream))
-        assert OtelIntegrationInstrumentor.layer is not None
-        return Instrumented(exporter, reader, OtelIntegrationInstrumentor.layer)
+        layer = layers.active()
+        assert layer is not None
+        return Instrumented(exporter, reader, layer)
 
     yield start
     for ours, upstream in active:
@@ -148,3 +162,12 @@ def _stamina_live() -> Iterator[None]:
     yield
     stamina.set_active(True)
     stamina.set_testing(False)
+
+
+@pytest.fixture
+def restore_stamina_hooks() -> Iterator[None]:
+    """For tests that set stamina's (global) retry hooks: back to stamina's defaults afterwards."""
+    yield
+    import stamina.instrumentation
+
+    stamina.instrumentation.set_on_retry_hooks(None)

@@ -22,7 +22,7 @@ import pytest
 from tests import peers
 import yaml
 
-from otel_integration import telemetry
+from otel_integration import _telemetry as telemetry
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "collector" / "prometheus"
@@ -211,7 +211,7 @@ def test_promtool_test_rules():
 
 # --- end to end: a real Prometheus server evaluates the rules ------------------------
 #
-# The distro's real instruments (otel_integration.telemetry.Instruments) record
+# The distro's real instruments (otel_integration._telemetry.Instruments) record
 # a failing downstream and a healthy one; a tiny HTTP server renders them the
 # way the collector's `prometheus` exporter does (prometheus_name(), attribute
 # dots -> underscores, service.name -> job, service.instance.id -> instance);
@@ -273,18 +273,22 @@ class FakeService:
             metric_readers=[self.reader],
             resource=Resource.create({"service.name": "checkout", "service.instance.id": "checkout-1"}),
         )
-        self.instruments = telemetry.Instruments(meter_provider=provider)
+        from opentelemetry.metrics import Observation
+
+        values = telemetry.BREAKER_STATE_VALUES
+        self.instruments = telemetry.Instruments(
+            meter_provider=provider,
+            breaker_states=lambda options: [
+                Observation(values["open"], FAILING), Observation(values["closed"], HEALTHY)
+            ],
+            probe_results=lambda options: [Observation(0, FAILING), Observation(1, HEALTHY)],
+        )
         (duration,) = telemetry.UPSTREAM_INSTRUMENTS
         self.duration = provider.get_meter("opentelemetry.instrumentation.httpx").create_histogram(
             duration.name,
             unit=duration.unit,
             explicit_bucket_boundaries_advisory=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
         )
-        values = telemetry.BREAKER_STATE_VALUES
-        self.instruments.breaker_state.set(values["open"], FAILING)
-        self.instruments.breaker_state.set(values["closed"], HEALTHY)
-        self.instruments.dependency_health.set(0, FAILING)
-        self.instruments.dependency_health.set(1, HEALTHY)
         self.lock = threading.Lock()
 
     def step(self) -> None:

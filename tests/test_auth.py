@@ -13,10 +13,10 @@ from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
-from otel_integration import auth
-from otel_integration.distro import default_propagator
-from otel_integration.server import RequestIdMiddleware
-from otel_integration.settings import Settings
+from otel_integration import _auth as auth
+from otel_integration._distro import default_propagator
+from otel_integration import RequestIdMiddleware
+from otel_integration._settings import Settings
 from tests.peers import FaultServer
 from tests.test_server import run_asgi
 
@@ -54,9 +54,8 @@ def app_calling(*urls: str, own_auth: str | None = None) -> Any:
 
 
 def instrumented(instrument: Any, settings: Settings) -> Any:
-    inst = instrument(services=settings.services, auth_forward_to=settings.auth_forward_to)
-    auth.attach(inst.layer)
-    return inst
+    # The client instrumentor wires forwarding from the settings: nothing else to attach.
+    return instrument(services=settings.services, auth_forward_to=settings.auth_forward_to)
 
 
 def test_forwarded_only_to_allowlisted_downstreams(instrument: Any, fault_server: FaultServer, second_server: FaultServer) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of otel_integration.budget.RetryBudget, driven by a fake clock."""
+"""The retry budget (Finagle's RetryBudget), on a fake clock: exactly what README states at low and high traffic."""
 
 from __future__ import annotations
 
@@ -6,132 +6,115 @@ import threading
 
 import pytest
 
-from otel_integration.budget import RetryBudget
+from otel_integration._client.budget import TTL, RetryBudget
+from otel_integration._settings import Settings
 
 
-def drain(budget: RetryBudget, limit: int = 10_000) -> int:
-    """Withdraw until refused; how many were granted."""
-    granted = 0
-    while granted < limit and budget.try_withdraw():
-        granted += 1
-    return granted
+def withdraw_all(budget: RetryBudget, limit: int = 100_000) -> int:
+    taken = 0
+    while taken < limit and budget.try_withdraw():
+        taken += 1
+    return taken
 
 
-def test_floor_starts_full(clock):
-    budget = RetryBudget(ratio=0.0, min_per_second=2.0, window=5.0, clock=clock)
-    assert drain(budget) == 10  # 2/s * 5 s
+def test_reserve_is_min_per_second_times_the_window(clock):
+    budget = RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
+    assert withdraw_all(budget) == 10 * TTL  # 100, with no call made yet
 
 
-def test_floor_refills_at_min_per_second(clock):
-    budget = RetryBudget(ratio=0.0, min_per_second=2.0, window=5.0, clock=clock)
-    drain(budget)
-    clock.advance(0.4)
-    assert not budget.try_withdraw()  # 0.8 of a token
-    clock.advance(0.1)
-    assert budget.try_withdraw()  # 1.0
-    assert not budget.try_withdraw()
-    clock.advance(1.5)
-    assert drain(budget) == 3
-
-
-def test_floor_refill_is_capped_at_the_window(clock):
-    budget = RetryBudget(ratio=0.0, min_per_second=1.0, window=10.0, clock=clock)
-    drain(budget)
-    clock.advance(3600)  # an hour of quiet banks no more than one window
-    assert drain(budget) == 10
-
-
-def test_no_floor_and_no_ratio_means_no_retries(clock):
-    budget = RetryBudget(ratio=0.0, min_per_second=0.0, clock=clock)
-    for _ in range(100):
+def test_calls_add_ratio_of_a_retry_each(clock):
+    budget = RetryBudget(ratio=0.2, min_per_second=0, clock=clock)
+    for _ in range(10):
         budget.record_call()
-    clock.advance(100)
-    assert not budget.try_withdraw()
+    assert withdraw_all(budget) == 2
 
 
-def test_calls_earn_ratio_of_a_retry(clock):
-    budget = RetryBudget(ratio=0.2, min_per_second=0.0, clock=clock)
-    for _ in range(4):
-        budget.record_call()
-    assert not budget.try_withdraw()  # 0.8
-    budget.record_call()
-    assert budget.try_withdraw()  # 1.0
-    assert not budget.try_withdraw()
-
-
-def test_ratio_bounds_retries_to_a_share_of_calls(clock):
-    budget = RetryBudget(ratio=0.2, min_per_second=0.0, clock=clock)
-    granted = 0
-    for _ in range(50):  # steady traffic, every call failing and wanting a retry
-        budget.record_call()
-        granted += budget.try_withdraw()
-    assert granted == 10  # 20% of 50
-
-
-@pytest.mark.parametrize(
-    "ratio,calls",
-    [
-        (0.1, 10),
-        (0.25, 4),
-        (0.5, 2),
-        (0.2, 5),
-    ],
-)
-def test_exactly_enough_calls_earn_a_retry(clock, ratio, calls):
-    # `calls` deposits of `ratio` make at least one whole token: floating point
-    # rounding (ten times 0.1 is 0.9999999999999999) must not refuse it.
-    budget = RetryBudget(ratio=ratio, min_per_second=0.0, clock=clock)
+@pytest.mark.parametrize(("ratio", "calls"), [(0.1, 10), (0.2, 5), (0.3, 10), (0.5, 2)])
+def test_exact_arithmetic_no_float_rounding(clock, ratio, calls):
+    budget = RetryBudget(ratio=ratio, min_per_second=0, clock=clock)
     for _ in range(calls):
         budget.record_call()
-    assert budget.try_withdraw()
+    assert withdraw_all(budget) == int(round(ratio * calls, 9))
 
 
-def test_deposits_are_capped_at_ten_or_the_floor_size(clock):
-    budget = RetryBudget(ratio=1.0, min_per_second=0.0, clock=clock)
-    for _ in range(1000):  # a long busy period
+def test_low_traffic_sixty_failing_calls_in_eight_seconds(clock):
+    """The case of the issue: 60 calls, each wanting 2 retries, within 8 s (defaults)."""
+    settings = Settings()
+    budget = RetryBudget(ratio=settings.retry_budget_ratio, min_per_second=settings.retry_budget_min_per_second, clock=clock)
+    granted = 0
+    for _ in range(60):
         budget.record_call()
-    assert drain(budget) == 10
-
-    big = RetryBudget(ratio=1.0, min_per_second=3.0, window=10.0, clock=clock)
-    for _ in range(1000):
-        big.record_call()
-    assert drain(big) == 30 + 30  # deposits capped at the floor size (30), plus the full floor
+        granted += sum(budget.try_withdraw() for _ in range(2))
+        clock.advance(8 / 60)
+    assert granted == 100 + 12  # the reserve plus 20 % of the calls: not all 120
 
 
-def test_deposits_are_spent_before_the_floor(clock):
-    budget = RetryBudget(ratio=1.0, min_per_second=1.0, window=2.0, clock=clock)
-    budget.record_call()
-    budget.record_call()
-    assert budget.try_withdraw() and budget.try_withdraw()  # from deposits
-    assert drain(budget) == 2  # the floor is intact
+def test_high_traffic_ten_thousand_calls_in_ten_seconds(clock):
+    """Each of 10,000 calls in 10 s wanting a retry: the reserve plus 20 % of them (README: 2,100, +21 %)."""
+    budget = RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
+    granted = 0
+    for _ in range(10_000):
+        budget.record_call()
+        granted += budget.try_withdraw()
+        clock.advance(9.99 / 10_000)
+    assert granted == 100 + 2_000
+
+
+def test_everything_expires_after_the_window(clock):
+    budget = RetryBudget(ratio=1.0, min_per_second=1, clock=clock)
+    for _ in range(50):
+        budget.record_call()
+    assert withdraw_all(budget) == 50 + 10
+    clock.advance(TTL)  # calls and retries of the last window are gone: only the reserve is left
+    assert withdraw_all(budget) == 10
+
+
+def test_a_quiet_period_banks_nothing(clock):
+    budget = RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
+    clock.advance(3600)
+    assert withdraw_all(budget) == 100
+
+
+def test_no_reserve_and_no_ratio_means_no_retries(clock):
+    budget = RetryBudget(ratio=0, min_per_second=0, clock=clock)
+    for _ in range(100):
+        budget.record_call()
+    assert not budget.try_withdraw()
+
+
+def test_refund_gives_the_retry_back(clock):
+    budget = RetryBudget(ratio=0, min_per_second=0.1, clock=clock)  # a reserve of exactly 1
+    assert budget.try_withdraw() and not budget.try_withdraw()
+    budget.refund()
+    assert budget.try_withdraw()
 
 
 def test_clock_going_backwards_grants_nothing_extra(clock):
-    budget = RetryBudget(ratio=0.0, min_per_second=1.0, window=2.0, clock=clock)
-    drain(budget)
-    clock.advance(-50)
+    budget = RetryBudget(ratio=0, min_per_second=1, clock=clock)
+    assert withdraw_all(budget) == 10
+    clock.advance(-100)
     assert not budget.try_withdraw()
-    clock.advance(1)
-    assert budget.try_withdraw()
 
 
-def test_concurrent_withdrawals_never_exceed_the_tokens(clock):
-    budget = RetryBudget(ratio=0.0, min_per_second=10.0, window=10.0, clock=clock)  # 100 tokens, frozen clock
-    granted = []
-    barrier = threading.Barrier(8)
+def test_concurrent_withdrawals_never_exceed_the_budget(clock):
+    budget = RetryBudget(ratio=0, min_per_second=5, clock=clock)  # 50
+    granted: list[bool] = []
+    lock = threading.Lock()
 
-    def worker():
-        barrier.wait()
-        granted.append(sum(budget.try_withdraw() for _ in range(50)))
+    def take() -> None:
+        for _ in range(100):
+            result = budget.try_withdraw()
+            with lock:
+                granted.append(result)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
+    threads = [threading.Thread(target=take) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sum(granted) == 100
+    assert sum(granted) == 50
 
 
 def test_defaults_match_the_documented_settings():
-    budget = RetryBudget()
-    assert drain(budget) == 100  # 10/s floor over a 10 s window
+    settings = Settings()
+    assert (settings.retry_budget_ratio, settings.retry_budget_min_per_second, TTL) == (0.2, 10.0, 10.0)

@@ -97,7 +97,7 @@ def host_port(endpoint: str) -> tuple[str, int]:
 def distro_default_otlp_endpoint() -> str:
     """Where the distro exports to when the user sets nothing."""
     try:
-        from otel_integration import distro
+        from otel_integration import _distro as distro
 
         defaults = dict(distro.DEFAULTS)
     except ImportError:  # the distro module is not importable yet

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_integration.receiver import OTLPReceiver
+from otel_integration.devtools.receiver import OTLPReceiver
 from tests.peers import FaultServer
 
 BIN = Path(sys.executable).parent
@@ -155,7 +155,7 @@ def test_bad_configuration_logs_one_error_and_the_app_runs(tmp_path, fault_serve
     assert result.returncode == 0, result.stderr
     errors = [line for line in result.stderr.splitlines() if "OTEL_INTEGRATION_RETRY_ATTEMPTS" in line]
     assert len(errors) == 1, result.stderr
-    assert "'many'" in errors[0] and "expected an integer >= 1" in errors[0] and "default 3" in errors[0]
+    assert "'many'" in errors[0] and "expected an integer from 1 to 100" in errors[0] and "default 3" in errors[0]
 
 
 def test_dead_collector_never_breaks_the_app(tmp_path, fault_server):
@@ -228,3 +228,73 @@ def test_with_official_distro_and_the_variables_set_ours_is_in_force(tmp_path, f
     assert "RequestIdPropagator" in out["propagators"]
     assert receiver.wait_for(lambda r: len(_client_spans(r)) >= 2)
     assert all("x-request-id" in r.headers for r in fault_server.requests_to("/ok"))
+
+
+# --- issue 11: no setting that `check` accepts, and no bad standard one, switches instrumentation off ---------
+
+
+@pytest.mark.parametrize(
+    "extra_env",
+    [
+        {"OTEL_INTEGRATION_BREAKER_OPEN_SECONDS": "86400", "OTEL_INTEGRATION_RETRY_MAX_WAIT": "3600",
+         "OTEL_INTEGRATION_RETRY_JITTER": "3600", "OTEL_INTEGRATION_RETRY_INITIAL_WAIT": "3600"},
+        {"OTEL_INTEGRATION_BREAKER_STORAGE": "redis://127.0.0.1:1/0"},  # accepted, unreachable
+        {"OTEL_INTEGRATION_BREAKER_OPEN_SECONDS": "0", "OTEL_INTEGRATION_BREAKER_STORAGE": "redis://h:port/0"},  # rejected
+    ],
+    ids=["largest-accepted", "unreachable-redis", "rejected-values"],
+)
+def test_instrumentation_stays_on_whatever_the_settings(tmp_path, fault_server, receiver, extra_env):
+    result = run_script(tmp_path, fault_server, receiver, extra_env=extra_env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["sync"] == 200
+    assert "Failed to auto initialize" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert receiver.wait_for(lambda r: len(_client_spans(r)) >= 2), result.stderr
+    assert all("x-request-id" in r.headers for r in fault_server.requests_to("/ok"))  # our layer is on too
+
+
+def test_an_unknown_otlp_protocol_is_replaced_with_one_error_and_everything_runs(tmp_path, fault_server, receiver):
+    """The issue's case: OTEL_EXPORTER_OTLP_PROTOCOL=thrift passed check, then no instrumentation ran at all."""
+    result = run_script(tmp_path, fault_server, receiver, extra_env={"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"})
+    assert result.returncode == 0, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "OTEL_EXPORTER_OTLP_PROTOCOL" in line]
+    assert len(errors) == 1 and "using http/protobuf" in errors[0], result.stderr
+    assert receiver.wait_for(lambda r: len(_client_spans(r)) >= 2), result.stderr
+
+
+def test_master_switch_off_means_no_request_id_anywhere(tmp_path, fault_server, receiver):
+    """The issue's case: OTEL_INTEGRATION_ENABLED=false still injected X-Request-ID."""
+    result = run_script(tmp_path, fault_server, receiver, extra_env={"OTEL_INTEGRATION_ENABLED": "false"})
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert "RequestIdPropagator" not in out["propagators"]
+    seen = fault_server.requests_to("/ok")
+    assert len(seen) == 2 and all("traceparent" in r.headers and "x-request-id" not in r.headers for r in seen)
+
+
+def test_master_switch_off_with_xrequestid_named_explicitly(tmp_path, fault_server, receiver):
+    result = run_script(
+        tmp_path, fault_server, receiver,
+        extra_env={"OTEL_INTEGRATION_ENABLED": "false", "OTEL_PROPAGATORS": "tracecontext,xrequestid"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert all("x-request-id" not in r.headers for r in fault_server.requests_to("/ok"))
+
+
+def test_configure_never_crashes_the_app(tmp_path, fault_server, receiver):
+    script = textwrap.dedent(
+        """
+        import sys, httpx, otel_integration
+        otel_integration.configure()
+        print(httpx.get(sys.argv[1] + "/ok").status_code)
+        """
+    )
+    path = tmp_path / "app.py"
+    path.write_text(script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="thrift",
+        OTEL_TRACES_EXPORTER="nope", OTEL_INTEGRATION_BREAKER_OPEN_SECONDS="0", OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    result = subprocess.run([sys.executable, str(path), fault_server.url], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "200", result.stderr
+    assert "Traceback" not in result.stderr, result.stderr

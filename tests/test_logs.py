@@ -12,9 +12,9 @@ from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel_integration import logs
-from otel_integration.server import RequestIdMiddleware
-from otel_integration.settings import Settings
+from otel_integration import _logs as logs
+from otel_integration import RequestIdMiddleware
+from otel_integration._settings import Settings
 from tests.test_server import is_uuid4, run_asgi
 
 log = logging.getLogger("test.logs.app")

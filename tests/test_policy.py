@@ -1,4 +1,4 @@
-"""Unit tests of otel_integration.policy: pure functions, no I/O."""
+"""Unit tests of otel_integration._client.policy: pure functions, no I/O."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import httpx
 import pytest
 
-from otel_integration import policy
+from otel_integration._client import policy
 from otel_integration.errors import CircuitOpenError, DownstreamUnhealthyError
 
 NOW = 1_800_000_000.0

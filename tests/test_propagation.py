@@ -7,7 +7,7 @@ import uuid
 import pytest
 from opentelemetry import context as otel_context
 
-from otel_integration.propagation import (
+from otel_integration._propagation import (
     RequestIdPropagator,
     get_request_id,
     new_request_id,
@@ -99,7 +99,7 @@ def test_new_ids_are_unique_uuid4():
 
 
 def test_inject_during_a_transport_attempt_leaves_the_transports_header_alone():
-    from otel_integration.tracing import AttemptInfo, current_attempt
+    from otel_integration._client.tracing import AttemptInfo, current_attempt
 
     carrier = {"X-Request-ID": "call-1"}  # what the transport put on the request
     token = current_attempt.set(AttemptInfo(0, "http.request.header.x-request-id", ("call-1",), None))

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otel_integration.receiver import OTLPReceiver
+from otel_integration.devtools.receiver import OTLPReceiver
 
 RESOURCE = Resource.create({"service.name": "checkout", "deployment.environment": "test"})
 
@@ -297,7 +297,7 @@ def test_a_failing_on_spans_callback_does_not_fail_exports(receiver: OTLPReceive
 def test_cli_prints_a_received_trace() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "otel_integration.receiver", "--port", "0", "--duration", "3"],
+        [sys.executable, "-m", "otel_integration.devtools.receiver", "--port", "0", "--duration", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:

@@ -15,15 +15,10 @@ from fastapi import BackgroundTasks, FastAPI
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-from otel_integration.propagation import get_request_id
-from otel_integration.server import (
-    SCOPE_KEY,
-    RequestIdMiddleware,
-    RequestIdWSGIMiddleware,
-    ServerInstrumentor,
-    ensure_span_processor,
-)
-from otel_integration.settings import Settings
+from otel_integration._propagation import get_request_id
+from otel_integration import RequestIdMiddleware, RequestIdWSGIMiddleware, ServerInstrumentor
+from otel_integration._server.correlation import SCOPE_KEY, ensure_span_processor
+from otel_integration._settings import Settings
 
 BAD_IDS = ["a\r\nSet-Cookie: x=1", "x" * 10_000, "héllo", "with space", ""]
 
@@ -335,7 +330,7 @@ def test_uvicorn_config_load_wraps_plain_asgi_apps(server_instrumented: Any, mon
     import uvicorn
     from opentelemetry import propagate
 
-    from otel_integration.distro import default_propagator
+    from otel_integration._distro import default_propagator
 
     # No SDK here: the upstream middleware re-extracts the context, with the distro's propagators.
     monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", default_propagator(Settings()))
@@ -386,7 +381,8 @@ def test_disabled_by_master_switch() -> None:
 # --- WSGI --------------------------------------------------------------------------------
 
 
-def run_wsgi(app: Any, path: str = "/", headers: dict[str, str] | None = None):
+def run_wsgi(app: Any, path: str = "/", headers: dict[str, str] | None = None, results: list[Any] | None = None):
+    """Call a WSGI app directly: (status, {header: [values]}, body); the app's return value goes to `results`."""
     environ = {
         "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": io.BytesIO(b""),
@@ -404,7 +400,12 @@ def run_wsgi(app: Any, path: str = "/", headers: dict[str, str] | None = None):
             captured["headers"].setdefault(k.lower(), []).append(v)
         return lambda data: None
 
+    from wsgiref.util import FileWrapper
+
+    environ["wsgi.file_wrapper"] = FileWrapper  # as real servers offer it
     result = app(environ, start_response)
+    if results is not None:
+        results.append(result)
     try:
         body = b"".join(result)
     finally:
@@ -428,6 +429,35 @@ def test_wsgi_middleware() -> None:
     _, headers, body = run_wsgi(app, headers={"X-Request-ID": "bad\u00e9"})
     assert is_uuid4(headers["x-request-id"][0]) and body.decode() == headers["x-request-id"][0]
     assert get_request_id() is None
+
+
+def test_wsgi_file_wrapper_reaches_the_server_as_such(tmp_path: Any) -> None:
+    """The issue's case: every WSGI result was wrapped in a generator, so sendfile was lost (PEP 3333)."""
+    from wsgiref.util import FileWrapper
+
+    path = tmp_path / "report.bin"
+    path.write_bytes(b"0123456789" * 100)
+
+    def app(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](path.open("rb"), 256)
+
+    results: list[Any] = []
+    status, headers, body = run_wsgi(RequestIdWSGIMiddleware(app), results=results)
+    assert status == 200 and body == path.read_bytes() and headers["x-request-id"]
+    assert isinstance(results[0], FileWrapper)  # not wrapped: the server can use sendfile
+
+
+def test_wsgi_list_results_are_returned_as_they_are() -> None:
+    body = [b"a", b"b"]
+
+    def app(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return body
+
+    results: list[Any] = []
+    _, _, got = run_wsgi(RequestIdWSGIMiddleware(app), results=results)
+    assert got == b"ab" and results[0] is body
 
 
 def test_wsgi_unhandled_exception_answered_500_with_id(caplog: pytest.LogCaptureFixture) -> None:
@@ -500,20 +530,13 @@ def test_patches_the_original_classes_even_after_the_framework_instrumentations(
         starlette_instrumentor.uninstrument()
 
 
-def test_health_statistics_and_auth_forwarding_are_attached_only_when_configured():
-    # Both add work to every outgoing call: a process that uses neither pays nothing.
+def test_health_statistics_and_auth_forwarding_only_when_configured():
     from dataclasses import replace
 
-    from otel_integration import health
-    from otel_integration.layer import ResilienceLayer
-    from otel_integration.server import _attach_configured_features
+    from otel_integration._client.layer import ResilienceLayer
 
     plain = ResilienceLayer(Settings())
-    _attach_configured_features(plain)
-    assert plain.before_send_hooks == []
-    assert getattr(plain, health._STATE_ATTRIBUTE, None) is None
+    assert plain.before_send_hooks == [] and not plain.keeps_stats
 
     configured = ResilienceLayer(replace(Settings(), health_path="/healthz", auth_forward_to=frozenset({"catalog"})))
-    _attach_configured_features(configured)
-    assert len(configured.before_send_hooks) == 1  # auth forwarding
-    assert getattr(configured, health._STATE_ATTRIBUTE, None) is not None
+    assert len(configured.before_send_hooks) == 1 and configured.keeps_stats  # auth forwarding, latency window

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from otel_integration.receiver import OTLPReceiver
+from otel_integration.devtools.receiver import OTLPReceiver
 from tests.peers import wait_until
 
 pytestmark = pytest.mark.slow

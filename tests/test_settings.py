@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_integration.settings import Settings, describe_default, downstream_key_from_target, mask_secret_url, options
+from otel_integration._settings import Settings, describe_default, downstream_key_from_target, mask_secret_url, options
 
 # One good and one bad value per variable; the test below fails when a field is added without them.
 CASES = {
@@ -107,7 +107,7 @@ def test_bad_values_are_bounded_printable_and_secrets_masked():
 
 
 def test_from_env_logs_one_error_per_bad_value(caplog):
-    with caplog.at_level(logging.ERROR, logger="otel_integration.settings"):
+    with caplog.at_level(logging.ERROR, logger="otel_integration._settings"):
         settings = Settings.from_env({"OTEL_INTEGRATION_RETRY_ATTEMPTS": "x", "OTEL_INTEGRATION_ENABLED": "y"})
     assert settings.retry_attempts == 3 and settings.enabled is True
     assert len(caplog.records) == 2
@@ -132,3 +132,126 @@ def test_readme_documents_every_variable_with_its_default():
 def test_settings_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().retry_attempts = 2  # type: ignore[misc]
+
+
+# --- issue 11: every value `check` accepts works at runtime ---------------------------------------
+
+# The values of the issue that passed validation, then broke the app at runtime.
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_INTEGRATION_BREAKER_OPEN_SECONDS", "0"),
+        ("OTEL_INTEGRATION_BREAKER_OPEN_SECONDS", "1e308"),
+        ("OTEL_INTEGRATION_BREAKER_OPEN_SECONDS", "1e12"),
+        ("OTEL_INTEGRATION_BREAKER_OPEN_SECONDS", "1000000000000"),
+        ("OTEL_INTEGRATION_RETRY_MAX_WAIT", "1e300"),
+        ("OTEL_INTEGRATION_RETRY_INITIAL_WAIT", "99999999999"),
+        ("OTEL_INTEGRATION_RETRY_JITTER", "1e20"),
+        ("OTEL_INTEGRATION_RETRY_ATTEMPTS", "\u0663"),  # ARABIC-INDIC DIGIT THREE
+        ("OTEL_INTEGRATION_BREAKER_THRESHOLD", "\uff15"),  # FULLWIDTH DIGIT FIVE
+        ("OTEL_INTEGRATION_RETRY_DEADLINE", "1_000"),
+        ("OTEL_INTEGRATION_BREAKER_STORAGE", "redis://localhost:port/0"),
+        ("OTEL_INTEGRATION_BREAKER_STORAGE", "redis://localhost:99999/0"),
+        ("OTEL_INTEGRATION_BREAKER_STORAGE", "redis://localhost:6379/zero"),
+        ("OTEL_INTEGRATION_REQUEST_ID_HEADER", "Content-Length"),
+        ("OTEL_INTEGRATION_REQUEST_ID_HEADER", "transfer-encoding"),
+        ("OTEL_INTEGRATION_REQUEST_ID_HEADER", "Host"),
+        ("OTEL_INTEGRATION_REQUEST_ID_HEADER", "Connection"),
+        ("OTEL_INTEGRATION_REQUEST_ID_HEADER", "traceparent"),
+        ("OTEL_INTEGRATION_REQUEST_ID_INCOMING_HEADERS", "X-Request-ID,Authorization"),
+        ("OTEL_INTEGRATION_REQUEST_ID_INCOMING_HEADERS", "Cookie"),
+    ],
+)
+def test_values_that_broke_the_app_are_rejected_by_name(variable, value):
+    _, problems = Settings.parse({variable: value})
+    assert len(problems) == 1 and problems[0].startswith(f"{variable}=")
+
+
+def test_the_otel_variables_the_distro_relies_on_are_checked():
+    from otel_integration._settings import otel_problems
+
+    problems = otel_problems({
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json",
+        "OTEL_TRACES_EXPORTER": "otlp,zipkin-nope",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4318",
+        "OTEL_PROPAGATORS": "tracecontext,b3-not-installed",
+    })
+    by_variable = {p.variable: p for p in problems}
+    assert set(by_variable) == {
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_TRACES_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_PROPAGATORS",
+    }
+    assert by_variable["OTEL_EXPORTER_OTLP_PROTOCOL"].replacement == "http/protobuf"
+    assert by_variable["OTEL_TRACES_EXPORTER"].replacement == "otlp"
+    assert by_variable["OTEL_EXPORTER_OTLP_ENDPOINT"].replacement is None  # unset: the SDK default
+    message = by_variable["OTEL_EXPORTER_OTLP_PROTOCOL"].message()
+    assert message == "OTEL_EXPORTER_OTLP_PROTOCOL='thrift' is invalid: expected grpc or http/protobuf; using http/protobuf"
+    assert otel_problems({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_TRACES_EXPORTER": "console,otlp"}) == []
+
+
+def test_a_redis_url_without_the_redis_client_names_the_extra(monkeypatch):
+    from otel_integration import _settings
+
+    monkeypatch.setattr(_settings, "redis_client_available", lambda: False)
+    _, problems = Settings.parse({"OTEL_INTEGRATION_BREAKER_STORAGE": "redis://:pw@cache:6379/0"})
+    assert problems == [
+        "OTEL_INTEGRATION_BREAKER_STORAGE='redis://:***@cache:6379/0' needs the redis client: "
+        "pip install 'otel-integration[redis]'; breakers keep their state in memory"
+    ]
+
+
+def _raw_values():
+    """Strings for any variable: each variable's own good values, numbers at and past every bound, junk."""
+    from hypothesis import strategies as st
+
+    numbers = st.one_of(
+        st.integers(min_value=-10, max_value=2_000_000).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.decimals(min_value=0, max_value=100_000, places=3).map(str),
+        st.sampled_from(["0", "0.0", "1e3", "1e308", "86400", "86400.001", "3600", "100", "101", ".5", "5.", "\u0663"]),
+    )
+    good = st.sampled_from([raw for raw, _expected, _bad in CASES.values()])
+    return st.one_of(numbers, good, st.text(max_size=20))
+
+
+@pytest.mark.parametrize("variable", sorted(CASES))
+def test_any_accepted_value_starts_the_layer_and_a_call_succeeds(variable):
+    """Property (hypothesis): a value `check` accepts never breaks the layer or a call, sync and async."""
+    import asyncio
+
+    import httpx
+    from hypothesis import HealthCheck, given, settings as hsettings
+
+    from otel_integration import AsyncResilientTransport, ResilientTransport
+    from otel_integration._client.layer import ResilienceLayer
+
+    def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200)
+
+    @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(raw=_raw_values())
+    def check(raw: str) -> None:
+        parsed, problems = Settings.parse({variable: raw})
+        if any(p.startswith(f"{variable}=") and "is invalid" in p for p in problems):
+            return  # rejected: the default is used (the tests above)
+        if not parsed.enabled:
+            return
+        storage_redis = parsed.breaker_storage != "memory"
+        layer = ResilienceLayer(parsed)
+        try:
+            if storage_redis:
+                layer.shared.close()  # no Redis here: the sync thread would only retry
+            with httpx.Client(transport=ResilientTransport(httpx.MockTransport(ok), layer)) as client:
+                assert client.get("http://svc.test/").status_code == 200
+
+            async def main() -> int:
+                async with httpx.AsyncClient(transport=AsyncResilientTransport(httpx.MockTransport(ok), layer)) as c:
+                    return (await c.get("http://svc.test/")).status_code
+
+            assert asyncio.run(main()) == 200
+        finally:
+            layer.close()
+
+    check()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from otel_integration.receiver import MetricPoint, Span
-from otel_integration.traceview import clean, render_trace, render_traces, summarize_metrics
+from otel_integration.devtools.receiver import MetricPoint, Span
+from otel_integration.devtools.traceview import clean, render_trace, render_traces, summarize_metrics
 
 MS = 1_000_000
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -8,7 +8,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from otel_integration.tracing import AttemptSpanProcessor, redact_query, redact_url_secrets
+from otel_integration._client.tracing import AttemptSpanProcessor
+from otel_integration._redaction import redact_query, redact_url_secrets
 
 
 def test_redact_url_secrets():

@@ -20,9 +20,9 @@ import stamina.instrumentation
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_integration.errors import CircuitOpenError
-from otel_integration.instrumentation import OtelIntegrationInstrumentor
-from otel_integration.tracing import REQUEST_BODY_NOT_REPLAYABLE, RESEND_COUNT
-from otel_integration.transport import AsyncResilientTransport
+from otel_integration._client.instrumentor import OtelIntegrationInstrumentor
+from otel_integration._client.tracing import REQUEST_BODY_NOT_REPLAYABLE, RESEND_COUNT
+from otel_integration import AsyncResilientTransport
 from tests.conftest import Instrumented
 from tests.peers import closed_port
 
@@ -31,7 +31,7 @@ BUDGET_EXHAUSTED = "http.client.retry_budget.exhausted"
 REJECTIONS = "http.client.circuit_breaker.rejections"
 TRANSITIONS = "http.client.circuit_breaker.transitions"
 STATE = "http.client.circuit_breaker.state"
-CIRCUIT_OPEN_TYPE = "otel_integration.errors.CircuitOpenError"
+CIRCUIT_OPEN_TYPE = "CircuitOpenError"
 
 
 async def get(url: str, **kwargs) -> httpx.Response:
@@ -93,7 +93,7 @@ def test_connection_refused_is_retried(instrument):
     with pytest.raises(httpx.ConnectError):
         run(get(f"http://127.0.0.1:{port}/x"))
     assert len(inst.attempt_spans(port)) == 3
-    assert inst.counter_total(RETRIES, error_type="httpx.ConnectError") == 2
+    assert inst.counter_total(RETRIES, error_type="ConnectError") == 2
 
 
 def test_connection_reset_is_retried_for_get_not_for_post(instrument, fault_server):
@@ -151,21 +151,16 @@ def test_retry_after_http_date_is_honoured(instrument, fault_server):
     assert gap >= 0.9
 
 
-def test_retry_after_is_clipped_to_retry_max_wait(instrument, fault_server):
+def test_retry_after_longer_than_the_max_wait_means_no_retry(instrument, fault_server):
     instrument(retry_attempts=3, retry_max_wait=0.2)
-    started = time.monotonic()
     assert run(get(f"{fault_server.url}/status/503?retry_after=30")).status_code == 503
-    assert len(fault_server.requests_to("/status/503")) == 3
-    assert all(g >= 0.15 for g in fault_server.gaps("/status/503"))
-    assert time.monotonic() - started < 10
+    assert len(fault_server.requests_to("/status/503")) == 1
 
 
-def test_retry_after_is_clipped_to_the_remaining_deadline(instrument, fault_server):
+def test_retry_after_beyond_the_deadline_means_no_retry(instrument, fault_server):
     instrument(retry_attempts=3, retry_max_wait=10.0, retry_deadline=0.5)
-    started = time.monotonic()
     assert run(get(f"{fault_server.url}/status/503?retry_after=5")).status_code == 503
-    assert len(fault_server.requests_to("/status/503")) >= 2
-    assert time.monotonic() - started < 4
+    assert len(fault_server.requests_to("/status/503")) == 1
 
 
 # --- deadline and overrides -------------------------------------------------------------
@@ -233,12 +228,12 @@ def test_request_ids(instrument, fault_server):
     spans = [s for s in inst.attempt_spans(fault_server.port) if s.attributes["url.full"].endswith("/status/503")]
     assert [Instrumented.request_id_of(s) for s in spans] == ids
     assert fault_server.request_ids("/flaky/u") == ["user-1", "user-1"]
-    bad = fault_server.request_ids("/flaky/bad")
-    assert len(set(bad)) == 1 and bad[0] != "bad id"
-    uuid.UUID(bad[0])
+    assert fault_server.request_ids("/flaky/bad") == ["bad id", "bad id"]  # the caller's own header, unchanged
+    bad_spans = [s for s in inst.attempt_spans(fault_server.port) if s.attributes["url.full"].endswith("/flaky/bad?fail=1")]
+    assert [Instrumented.request_id_of(s) for s in bad_spans] == [None, None]  # never recorded
     concurrent = fault_server.request_ids("/ok")
     assert len(set(concurrent)) == 3  # concurrent tasks do not share IDs
-    assert not set(concurrent) & {ids[0], bad[0]}
+    assert ids[0] not in concurrent
 
 
 # --- discarded responses --------------------------------------------------------------------

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if pipe.receiver is not None:
         spans = pipe.receiver.spans()
         p.heading("traces (from the embedded receiver; ASGI send/receive spans hidden)")
-        from otel_integration.traceview import render_trace
+        from otel_integration.devtools.traceview import render_trace
 
         for label, result in pick_examples(results):
             trace = visible(trace_for(spans, result.request_id))
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
               f"examples/pipeline/demo.py")
         print(f"    and search Service: dms, Tags: http.request.header.x-request-id=[\"<id>\"], "
               f"e.g. [\"{example}\"]")
-    print("  live traces without Docker: python -m otel_integration.receiver --port 4318")
+    print("  live traces without Docker: otel-integration receive --port 4318")
     status = "no service process left running" if not leftovers else \
         p.paint(f"processes still alive: {leftovers}", "31")
     print(f"\nfinished in {time.monotonic() - started:.1f} s; {status}")

@@ -167,7 +167,7 @@ class Pipeline:
 
     def start(self) -> None:
         if self.endpoint is None:
-            from otel_integration.receiver import OTLPReceiver
+            from otel_integration.devtools.receiver import OTLPReceiver
 
             self.receiver = OTLPReceiver("127.0.0.1", 0).start()
             self.endpoint = self.receiver.endpoint

@@ -29,12 +29,12 @@ import logging
 import logging.config
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
 
-from otel_integration.propagation import get_request_id
-from otel_integration.settings import Settings
+from otel_integration._propagation import get_request_id
+from otel_integration._settings import Settings
 
 DEFAULT_FORMAT = (
     "%(asctime)s %(levelname)s [%(name)s] [request_id=%(request_id)s trace_id=%(trace_id)s "
@@ -68,7 +68,7 @@ def _make_factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., l
     return factory
 
 
-class _DefaultHandler(logging.StreamHandler):
+class _DefaultHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Our stderr handler; removed as soon as the app configures logging itself."""
 
 
@@ -102,7 +102,8 @@ def _app_configured_root() -> bool:
 
 def install_default_format(stream: Any = None) -> logging.Handler | None:
     if _state["handler"] is not None or _app_configured_root():
-        return _state["handler"]
+        existing: logging.Handler | None = _state["handler"]
+        return existing
     handler = _DefaultHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter(DEFAULT_FORMAT))
     logging.getLogger().addHandler(handler)
@@ -132,9 +133,9 @@ def _wrap_config_functions() -> None:
         configure.__wrapped__ = function  # type: ignore[attr-defined]
         return configure
 
-    logging.basicConfig = wrap(originals[0])  # type: ignore[assignment]
-    logging.config.dictConfig = wrap(originals[1], dict_config=True)  # type: ignore[assignment]
-    logging.config.fileConfig = wrap(originals[2])  # type: ignore[assignment]
+    logging.basicConfig = wrap(originals[0])
+    logging.config.dictConfig = wrap(originals[1], dict_config=True)
+    logging.config.fileConfig = wrap(originals[2])
 
 
 def _configures_root(config: object) -> bool:
@@ -148,7 +149,7 @@ def _unwrap_config_functions() -> None:
     originals, _state["config_functions"] = _state["config_functions"], None
     if originals is None:
         return
-    basic, dict_config, file_config = originals
+    basic, dict_config, file_config = cast("tuple[Any, Any, Any]", originals)
     if getattr(logging.basicConfig, "__wrapped__", None) is basic:
         logging.basicConfig = basic  # type: ignore[assignment]
     if getattr(logging.config.dictConfig, "__wrapped__", None) is dict_config:
@@ -157,16 +158,24 @@ def _unwrap_config_functions() -> None:
         logging.config.fileConfig = file_config  # type: ignore[assignment]
 
 
+_users = {"count": 0}  # the client and the server instrumentors both install it
+
+
 def install(settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env(log=False)
     if not settings.log_correlation:
         return
+    _users["count"] += 1
     install_record_factory()
     if settings.log_format:
         install_default_format()
 
 
 def uninstall() -> None:
+    """Undo `install`; what is left when its last user (instrumentor) uninstalls."""
+    _users["count"] = max(0, _users["count"] - 1)
+    if _users["count"]:
+        return
     remove_default_format()
     _unwrap_config_functions()
     uninstall_record_factory()

@@ -13,10 +13,13 @@ never metric attributes: they would explode cardinality.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Counter, Observation
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 SCOPE = "otel_integration"
 
@@ -113,23 +116,49 @@ def prometheus_name(spec: InstrumentSpec) -> str:
     return name
 
 
-class Instruments:
-    """The instruments, created from a meter once per instrumentation."""
+Observe = Callable[[CallbackOptions], Iterable[Observation]]
 
-    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+
+def _none(options: CallbackOptions) -> Iterable[Observation]:
+    return ()
+
+
+class Instruments:
+    """The instruments, created from a meter once per instrumentation.
+
+    The gauges are observable: `breaker_states` and `probe_results` are called
+    at every collection and report the state as it is then.
+    """
+
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        *,
+        breaker_states: Observe = _none,
+        probe_results: Observe = _none,
+    ) -> None:
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
-        created = {}
-        for spec in INSTRUMENTS:
-            factory = {
-                "counter": meter.create_counter,
-                "gauge": meter.create_gauge,
-                "histogram": meter.create_histogram,
-            }[spec.kind]
-            created[spec.name] = factory(spec.name, unit=spec.unit, description=spec.description)
-        self.retries = created[RETRIES.name]
-        self.retry_budget_exhausted = created[RETRY_BUDGET_EXHAUSTED.name]
-        self.breaker_state = created[BREAKER_STATE.name]
-        self.breaker_transitions = created[BREAKER_TRANSITIONS.name]
-        self.breaker_rejections = created[BREAKER_REJECTIONS.name]
-        self.breaker_storage_errors = created[BREAKER_STORAGE_ERRORS.name]
-        self.dependency_health = created[DEPENDENCY_HEALTH.name]
+
+        def counter(spec: InstrumentSpec) -> Counter:
+            return meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
+
+        self.retries = counter(RETRIES)
+        self.retry_budget_exhausted = counter(RETRY_BUDGET_EXHAUSTED)
+        self.breaker_transitions = counter(BREAKER_TRANSITIONS)
+        self.breaker_rejections = counter(BREAKER_REJECTIONS)
+        self.breaker_storage_errors = counter(BREAKER_STORAGE_ERRORS)
+        for spec, callback in ((BREAKER_STATE, breaker_states), (DEPENDENCY_HEALTH, probe_results)):
+            meter.create_observable_gauge(spec.name, [callback], unit=spec.unit, description=spec.description)
+
+
+class StartOnlySpanProcessor(SpanProcessor):
+    """A span processor that only acts when spans start."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True

@@ -14,7 +14,7 @@ Who sets it:
 Use it under ``OTEL_PROPAGATORS=tracecontext,baggage,xrequestid`` (the
 distro's default), or directly::
 
-    from otel_integration.propagation import RequestIdPropagator
+    from otel_integration import RequestIdPropagator
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from opentelemetry.propagators.textmap import (
     default_setter,
 )
 
-from otel_integration.tracing import current_attempt
+from otel_integration._client.tracing import current_attempt
 
 MAX_REQUEST_ID_LENGTH = 128
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % MAX_REQUEST_ID_LENGTH)
@@ -104,10 +104,14 @@ class RequestIdPropagator(TextMapPropagator):
         header: str | None = None,
         incoming_headers: Iterable[str] | None = None,
     ) -> None:
+        self.enabled = True
         if header is None or incoming_headers is None:
-            from otel_integration.settings import Settings  # avoid a cycle at import time
+            from otel_integration._settings import Settings  # avoid a cycle at import time
 
+            # Built by name from OTEL_PROPAGATORS: the settings say what it does,
+            # and OTEL_INTEGRATION_ENABLED=false makes it do nothing.
             settings = Settings.from_env(log=False)
+            self.enabled = settings.enabled
             header = header or settings.request_id_header
             incoming_headers = incoming_headers or settings.request_id_incoming_headers
         self.header = header
@@ -117,10 +121,12 @@ class RequestIdPropagator(TextMapPropagator):
         self,
         carrier: CarrierT,
         context: Context | None = None,
-        getter: Getter[CarrierT] = default_getter,  # type: ignore[assignment]
+        getter: Getter[CarrierT] = default_getter,
     ) -> Context:
         if context is None:
             context = otel_context.get_current()
+        if not self.enabled:
+            return context
         for name in self.incoming_headers:
             values = getter.get(carrier, name)
             if values is None and name.lower() != name:
@@ -135,8 +141,10 @@ class RequestIdPropagator(TextMapPropagator):
         self,
         carrier: CarrierT,
         context: Context | None = None,
-        setter: Setter[CarrierT] = default_setter,  # type: ignore[assignment]
+        setter: Setter[CarrierT] = default_setter,
     ) -> None:
+        if not self.enabled:
+            return
         if context is None and current_attempt.get() is not None:
             # An attempt of the retry transport: it already put the call's
             # ID on the request, whose headers the httpx instrumentation

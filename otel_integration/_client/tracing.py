@@ -2,65 +2,38 @@
 
 The upstream httpx instrumentation creates one CLIENT span per physical
 attempt (it wraps `httpx.HTTPTransport`). It does not know which attempt of a
-logical call it is tracing, so the retry transport publishes that in a
+logical call it is tracing, so the call core (`call.py`) publishes that in a
 context variable and `AttemptSpanProcessor` copies it onto the span when the
 span starts: `http.request.resend_count` for resends (stable HTTP semantic
 conventions), the correlation ID as `http.request.header.x-request-id` (the
 semconv form of a captured header; the upstream header capture would write
 `x_request_id`) and `peer.service` for logically named downstreams.
 
-It also redacts secrets in URLs on every span (`url.full`, `url.query`):
-the upstream instrumentations remove credentials and a few signature
-parameters, but keep tokens such as ``?access_token=``.
+It also redacts secrets in URLs (`_redaction.py`) on the spans as they start
+(`url.full`, `url.query`).
 
-A call that never reaches the network (rejected by an open breaker) has no
-upstream span; `record_rejected_call` creates the CLIENT span for it.
+A call that never reaches the network (refused by an open breaker or a failing
+probe) has no upstream span; `record_rejected_call` creates the CLIENT span for it.
 """
 
 from __future__ import annotations
 
 import contextvars
-import re
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Span
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.util.http import redact_url
 
-from otel_integration.errors import qualified_name
+from otel_integration._redaction import redact_query, redact_url_secrets
+from otel_integration._telemetry import StartOnlySpanProcessor
+
+from otel_integration.errors import error_type
 
 HTTPX_SCOPE = "opentelemetry.instrumentation.httpx"
 RESEND_COUNT = "http.request.resend_count"
 PEER_SERVICE = "peer.service"
 REQUEST_BODY_NOT_REPLAYABLE = "otel_integration.request.body_not_replayable"
-
-# Query parameters whose values are replaced by REDACTED (case-insensitive),
-# in addition to the upstream list (AWSAccessKeyId, Signature, sig, X-Goog-Signature).
-SENSITIVE_QUERY_PARAMETERS = (
-    "access_token", "api_key", "apikey", "auth", "client_secret", "code", "id_token", "key",
-    "password", "passwd", "pwd", "refresh_token", "secret", "session", "sessionid", "sig",
-    "signature", "token", "x-amz-credential", "x-amz-security-token", "x-amz-signature",
-)
-_SENSITIVE_QUERY = re.compile(
-    r"(?i)(^|[?&;])((?:%s)=)[^&;#]*" % "|".join(re.escape(p) for p in SENSITIVE_QUERY_PARAMETERS)
-)
-
-
-def redact_query(query: str) -> str:
-    """`a=1&token=abc` -> `a=1&token=REDACTED`."""
-    return _SENSITIVE_QUERY.sub(r"\1\2REDACTED", query)
-
-
-def redact_url_secrets(url: str) -> str:
-    """Credentials and secret-looking query parameters removed from `url`."""
-    url = redact_url(url) or url
-    if "?" not in url:
-        return url
-    base, _, rest = url.partition("?")
-    query, hash_, fragment = rest.partition("#")
-    return f"{base}?{redact_query(query)}{hash_}{fragment}"
-
 
 class AttemptInfo:
     """One physical attempt of a logical call, as published to the span processor."""
@@ -71,7 +44,7 @@ class AttemptInfo:
         self,
         resend_count: int,
         request_id_attribute: str,  # http.request.header.<name>
-        request_id: tuple[str],
+        request_id: tuple[str] | None,  # None: the caller's own header was not a valid ID
         peer_service: str | None,
         body_not_replayable: bool = False,
     ) -> None:
@@ -91,19 +64,6 @@ current_attempt: contextvars.ContextVar[AttemptInfo | None] = contextvars.Contex
 )
 
 
-class StartOnlySpanProcessor(SpanProcessor):
-    """A span processor that only acts when spans start."""
-
-    def on_end(self, span: ReadableSpan) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
 class AttemptSpanProcessor(StartOnlySpanProcessor):
     """Annotates httpx CLIENT spans with the attempt published by the transport."""
 
@@ -112,7 +72,7 @@ class AttemptSpanProcessor(StartOnlySpanProcessor):
         if kind is SpanKind.CLIENT:
             attributes = span.attributes
             url = attributes.get("url.full") if attributes is not None else None
-            if url and "?" in url:
+            if isinstance(url, str) and "?" in url:
                 span.set_attribute("url.full", redact_url_secrets(url))
             attempt = current_attempt.get()
             if attempt is None:
@@ -120,7 +80,8 @@ class AttemptSpanProcessor(StartOnlySpanProcessor):
             scope = span.instrumentation_scope
             if scope is None or scope.name != HTTPX_SCOPE:
                 return
-            span.set_attribute(attempt.request_id_attribute, attempt.request_id)
+            if attempt.request_id is not None:
+                span.set_attribute(attempt.request_id_attribute, attempt.request_id)
             if attempt.resend_count:
                 span.set_attribute(RESEND_COUNT, attempt.resend_count)
             if attempt.peer_service:
@@ -130,7 +91,7 @@ class AttemptSpanProcessor(StartOnlySpanProcessor):
         elif kind is SpanKind.SERVER:
             attributes = span.attributes
             query = attributes.get("url.query") if attributes is not None else None
-            if query:
+            if isinstance(query, str) and query:
                 span.set_attribute("url.query", redact_query(query))
 
 
@@ -150,9 +111,10 @@ def record_rejected_call(
         "server.address": host,
         "server.port": port,
         "url.full": url,
-        "error.type": qualified_name(type(error)),
-        attempt.request_id_attribute: attempt.request_id,
+        "error.type": error_type(type(error)),
     }
+    if attempt.request_id is not None:
+        attributes[attempt.request_id_attribute] = attempt.request_id
     if attempt.resend_count:
         attributes[RESEND_COUNT] = attempt.resend_count
     if attempt.peer_service:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import MutableMapping
+from typing import Any
 
 from opentelemetry import propagate
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -22,15 +24,16 @@ from opentelemetry.environment_variables import (
     OTEL_PROPAGATORS,
     OTEL_TRACES_EXPORTER,
 )
-from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_integration.propagation import RequestIdPropagator
-from otel_integration.settings import Settings
-from otel_integration.tracing import AttemptSpanProcessor
+from otel_integration._propagation import RequestIdPropagator
+from otel_integration._settings import Settings, fix_otel_environment
+from otel_integration._client.tracing import AttemptSpanProcessor
 
 _logger = logging.getLogger(__name__)
 
@@ -55,11 +58,15 @@ _state = {"distro_configured": False, "sdk_configured": False}
 _lock = threading.Lock()
 
 
-def apply_environment_defaults(environ: os._Environ[str] | dict[str, str] = os.environ) -> None:
+def apply_environment_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Our defaults for the variables the user did not set; bad standard values replaced (one ERROR each)."""
     user_set_propagators = OTEL_PROPAGATORS in environ
-    for name, value in DEFAULTS.items():
-        environ.setdefault(name, value)
     settings = Settings.from_env(environ, log=False)
+    for name, value in DEFAULTS.items():
+        if name == OTEL_PROPAGATORS and not settings.enabled:
+            value = "tracecontext,baggage"  # the master switch is off: no X-Request-ID anywhere
+        environ.setdefault(name, value)
+    fix_otel_environment(environ)
     if not user_set_propagators:
         # opentelemetry.propagate read OTEL_PROPAGATORS when it was imported,
         # possibly before the default above existed (opentelemetry-python #4679).
@@ -67,16 +74,13 @@ def apply_environment_defaults(environ: os._Environ[str] | dict[str, str] = os.e
 
 
 def default_propagator(settings: Settings) -> CompositePropagator:
-    return CompositePropagator(
-        [
-            TraceContextTextMapPropagator(),
-            W3CBaggagePropagator(),
-            RequestIdPropagator(settings.request_id_header, settings.request_id_incoming_headers),
-        ]
-    )
+    propagators: list[TextMapPropagator] = [TraceContextTextMapPropagator(), W3CBaggagePropagator()]
+    if settings.enabled:
+        propagators.append(RequestIdPropagator(settings.request_id_header, settings.request_id_incoming_headers))
+    return CompositePropagator(propagators)
 
 
-class OtelIntegrationDistro(BaseDistro):
+class OtelIntegrationDistro(BaseDistro):  # type: ignore[misc]
     """Sets the distro's defaults in the environment before the SDK is built."""
 
     def _configure(self, **kwargs: object) -> None:
@@ -87,10 +91,16 @@ class OtelIntegrationDistro(BaseDistro):
 class OtelIntegrationConfigurator(_OTelSDKConfigurator):
     """The SDK configurator: the standard one plus our attempt span processor."""
 
-    def _configure(self, **kwargs: object) -> None:
-        processors = list(kwargs.pop("span_processors", None) or [])  # type: ignore[call-overload]
+    def _configure(self, **kwargs: Any) -> None:
+        processors = list(kwargs.pop("span_processors", None) or [])
         processors.append(AttemptSpanProcessor())
-        super()._configure(span_processors=processors, **kwargs)
+        fix_otel_environment(os.environ)  # under configure() the distro step may not have run
+        try:
+            super()._configure(span_processors=processors, **kwargs)  # type: ignore[no-untyped-call]
+        except Exception:
+            # Whatever the SDK refused, the app must start, and the instrumentations
+            # (which record through the global providers) must still load.
+            _logger.exception("otel-integration: the OpenTelemetry SDK could not be configured; no telemetry is exported")
         _state["sdk_configured"] = True
 
 
@@ -109,11 +119,14 @@ def configure(**configurator_kwargs: object) -> None:
     with _lock:
         if _state["sdk_configured"]:
             return
-        # The launcher's own loading code: distro, configurator, instrumentors.
-        from opentelemetry.instrumentation.auto_instrumentation import _load
+        try:
+            # The launcher's own loading code: distro, configurator, instrumentors.
+            from opentelemetry.instrumentation.auto_instrumentation import _load
 
-        os.environ.setdefault("OTEL_PYTHON_DISTRO", NAME)
-        distro = OtelIntegrationDistro()
-        distro.configure()
-        OtelIntegrationConfigurator().configure(**configurator_kwargs)
-        _load._load_instrumentors(distro)
+            os.environ.setdefault("OTEL_PYTHON_DISTRO", NAME)
+            distro = OtelIntegrationDistro()
+            distro.configure()
+            OtelIntegrationConfigurator().configure(**configurator_kwargs)  # type: ignore[no-untyped-call]
+            _load._load_instrumentors(distro)  # type: ignore[no-untyped-call]
+        except Exception:  # telemetry must never take the application down
+            _logger.exception("otel-integration: configure() failed; the application runs without (some) telemetry")

@@ -12,10 +12,11 @@ when it may hold a secret) and what was expected, and the default is used.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +27,13 @@ PREFIX = "OTEL_INTEGRATION_"
 
 
 # --- value parsers: each raises ValueError on bad input -----------------------
+#
+# Every bound is stated here once. A value these accept works at runtime
+# (tests/test_settings.py checks that property for every variable).
+
+# Plain decimals with ASCII digits only: no "1e308", "nan", "inf", "1_000", "٣" or "５".
+_DECIMAL = re.compile(r"(?:[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})", re.ASCII)
+_INTEGER = re.compile(r"[0-9]{1,9}", re.ASCII)
 
 
 def _bool(raw: str) -> bool:
@@ -37,28 +45,29 @@ def _bool(raw: str) -> bool:
     raise ValueError
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def _integer(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = int(raw.strip())
-        if value < minimum:
+        value = raw.strip()
+        if not _INTEGER.fullmatch(value) or not low <= int(value) <= high:
             raise ValueError
-        return value
+        return int(value)
 
     return parse
 
 
-def _seconds(raw: str) -> float:
-    value = float(raw.strip())
-    if not value >= 0 or value == float("inf"):  # also rejects NaN
-        raise ValueError
-    return value
+def _number(low: float, high: float, *, above_low: bool = False) -> Callable[[str], float]:
+    """A decimal in [low, high] (or (low, high] with ``above_low``)."""
 
+    def parse(raw: str) -> float:
+        value = raw.strip()
+        if not _DECIMAL.fullmatch(value):
+            raise ValueError
+        number = float(value)
+        if number > high or number < low or (above_low and number == low):
+            raise ValueError
+        return number
 
-def _fraction(raw: str) -> float:
-    value = float(raw.strip())
-    if not 0 <= value <= 10:
-        raise ValueError
-    return value
+    return parse
 
 
 def _status_codes(raw: str) -> frozenset[int]:
@@ -83,19 +92,28 @@ def _status_codes(raw: str) -> frozenset[int]:
     return frozenset(codes)
 
 
-_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}", re.ASCII)
+# Names a correlation ID must not take: framing and hop-by-hop headers (every call
+# would break), trace context (it would be overwritten), credentials (a token
+# would become the ID: echoed, logged, sent on).
+RESERVED_HEADERS = frozenset({
+    "connection", "content-encoding", "content-length", "content-type", "expect", "host", "keep-alive",
+    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "traceparent", "tracestate", "baggage",
+    "authorization", "proxy-authorization", "cookie", "set-cookie",
+})
 
 
 def _header_name(raw: str) -> str:
     value = raw.strip()
-    if not _HEADER_NAME.fullmatch(value):
+    if not _HEADER_NAME.fullmatch(value) or value.lower() in RESERVED_HEADERS:
         raise ValueError
     return value
 
 
 def _header_names(raw: str) -> tuple[str, ...]:
     names = tuple(_header_name(p) for p in raw.split(",") if p.strip())
-    if not names:
+    if not names or len(names) > 8:
         raise ValueError
     return names
 
@@ -134,13 +152,28 @@ def downstream_key_from_target(target: str) -> str:
 
 
 def _storage(raw: str) -> str:
+    """``memory``, ``redis[s]://[user:password@]host[:port][/db]`` or ``unix:///path/to/socket[?db=N]``."""
     value = raw.strip()
     if value in ("", "memory"):
         return "memory"
     parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+    if parts.scheme in ("redis", "rediss"):
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+        if not parts.hostname or not re.fullmatch(r"/?[0-9]{0,5}", parts.path, re.ASCII):
+            raise ValueError
+    elif parts.scheme == "unix":
+        if not parts.path or parts.netloc:
+            raise ValueError
+    else:
+        raise ValueError
+    if parts.query and not re.fullmatch(r"db=[0-9]{1,5}", parts.query, re.ASCII):
         raise ValueError
     return value
+
+
+def redis_client_available() -> bool:
+    """Whether the redis client (the ``[redis]`` extra) is installed."""
+    return importlib.util.find_spec("redis") is not None
 
 
 def _path(raw: str) -> str:
@@ -197,34 +230,35 @@ class Settings:
 
     enabled: bool = _option(
         "ENABLED", True, _bool, "true or false",
-        "Master switch for the distro's own httpx layer (request ID, retries, breaker).",
+        "Master switch: false leaves httpx, the server frameworks and the propagators as they are (no X-Request-ID).",
     )
     request_id_header: str = _option(
-        "REQUEST_ID_HEADER", "X-Request-ID", _header_name, "an HTTP header name",
+        "REQUEST_ID_HEADER", "X-Request-ID", _header_name,
+        "an HTTP header name that is not a framing, hop-by-hop, trace-context or credential header",
         "Header that carries the correlation ID on outgoing requests and responses.",
     )
     request_id_incoming_headers: tuple[str, ...] = _option(
         "REQUEST_ID_INCOMING_HEADERS", ("X-Request-ID", "X-Correlation-ID", "X-Trace-ID"), _header_names,
-        "a comma-separated list of header names",
+        "up to 8 comma-separated header names, none a framing, hop-by-hop, trace-context or credential header",
         "Headers searched, in order, for an incoming correlation ID; the first valid one wins.",
     )
     retry_attempts: int = _option(
-        "RETRY_ATTEMPTS", 3, _int_at_least(1), "an integer >= 1",
+        "RETRY_ATTEMPTS", 3, _integer(1, 100), "an integer from 1 to 100",
         "Attempts per logical call, the first included (1 disables retries).",
     )
     retry_initial_wait: float = _option(
-        "RETRY_INITIAL_WAIT", 0.1, _seconds, "seconds >= 0", "First backoff before jitter.",
+        "RETRY_INITIAL_WAIT", 0.1, _number(0, 3600), "seconds from 0 to 3600", "First backoff before jitter.",
     )
     retry_max_wait: float = _option(
-        "RETRY_MAX_WAIT", 5.0, _seconds, "seconds >= 0",
-        "Upper bound of one backoff, Retry-After included.",
+        "RETRY_MAX_WAIT", 5.0, _number(0, 3600), "seconds from 0 to 3600",
+        "Longest wait before a retry; a Retry-After asking for longer means no retry.",
     )
     retry_jitter: float = _option(
-        "RETRY_JITTER", 1.0, _seconds, "seconds >= 0", "Maximum random jitter added to each backoff.",
+        "RETRY_JITTER", 1.0, _number(0, 3600), "seconds from 0 to 3600", "Maximum random jitter added to each backoff.",
     )
     retry_deadline: float = _option(
-        "RETRY_DEADLINE", 30.0, _seconds, "seconds >= 0",
-        "Overall deadline of one logical call; every wait is clipped to what is left (0: none).",
+        "RETRY_DEADLINE", 30.0, _number(0, 86400), "seconds from 0 to 86400",
+        "Overall deadline of one logical call: no retry starts at or after it (0: none).",
     )
     retry_status_codes: frozenset[int] = _option(
         "RETRY_STATUS_CODES", frozenset({429, 502, 503, 504}), _status_codes,
@@ -232,24 +266,24 @@ class Settings:
         "Responses that are retried (only for idempotent requests).",
     )
     retry_budget_ratio: float = _option(
-        "RETRY_BUDGET_RATIO", 0.2, _fraction, "a number between 0 and 10",
-        "Retries allowed per downstream as a fraction of requests (0.2 = at most +20% load).",
+        "RETRY_BUDGET_RATIO", 0.2, _number(0, 10), "a number from 0 to 10",
+        "Retries a downstream's calls earn, per call, within the budget's 10 s window (0.2: +20%).",
     )
     retry_budget_min_per_second: float = _option(
-        "RETRY_BUDGET_MIN_PER_SECOND", 10.0, _seconds, "a number >= 0",
-        "Retries per second always allowed per downstream, so low-traffic clients still retry.",
+        "RETRY_BUDGET_MIN_PER_SECOND", 10.0, _number(0, 10000), "a number from 0 to 10000",
+        "Retries per second a downstream's budget allows on top, so low-traffic clients still retry.",
     )
     breaker_threshold: int = _option(
-        "BREAKER_THRESHOLD", 5, _int_at_least(1), "an integer >= 1",
+        "BREAKER_THRESHOLD", 5, _integer(1, 1_000_000), "an integer from 1 to 1000000",
         "Consecutive failed attempts that open a downstream's circuit breaker.",
     )
     breaker_open_seconds: float = _option(
-        "BREAKER_OPEN_SECONDS", 30.0, _seconds, "seconds >= 0",
+        "BREAKER_OPEN_SECONDS", 30.0, _number(0, 86400, above_low=True), "seconds above 0, at most 86400",
         "How long an open breaker fails calls fast before letting a trial call through.",
     )
     breaker_half_open_calls: int = _option(
-        "BREAKER_HALF_OPEN_CALLS", 1, _int_at_least(1), "an integer >= 1",
-        "Concurrent trial calls admitted while half-open.",
+        "BREAKER_HALF_OPEN_CALLS", 1, _integer(1, 1000), "an integer from 1 to 1000",
+        "Concurrent trial calls admitted while half-open (per process).",
     )
     breaker_failure_status_codes: frozenset[int] = _option(
         "BREAKER_FAILURE_STATUS_CODES", frozenset(range(500, 600)), _status_codes,
@@ -257,12 +291,12 @@ class Settings:
         "Responses that count as breaker failures (transport errors always do; 4xx never by default).",
     )
     breaker_storage: str = _option(
-        "BREAKER_STORAGE", "memory", _storage, "memory or a redis://host:port/db URL",
+        "BREAKER_STORAGE", "memory", _storage, "memory or a redis://host:port/db, rediss:// or unix:// URL",
         "Where breaker state lives; Redis shares it across processes and replicas.", secret=True,
     )
     max_downstreams: int = _option(
-        "MAX_DOWNSTREAMS", 1000, _int_at_least(1), "an integer >= 1",
-        "Bound on per-downstream state (breakers, budgets); least recently used is evicted.",
+        "MAX_DOWNSTREAMS", 1000, _integer(1, 1_000_000), "an integer from 1 to 1000000",
+        "Bound on per-downstream state (breakers, budgets, health); least recently used is evicted.",
     )
     services: dict[str, str] = _option(
         "SERVICES", {}, _services, "name=URL pairs separated by commas",
@@ -270,14 +304,14 @@ class Settings:
     )
     health_path: str = _option(
         "HEALTH_PATH", "", _path, "an URL path such as /healthz, or empty",
-        "Serve the dependency health endpoint at this path on ASGI apps (empty: off).",
+        "Serve the dependency health endpoint at this path on the service's ASGI and WSGI apps (empty: off).",
     )
     health_probes: dict[str, str] = _option(
         "HEALTH_PROBES", {}, lambda raw: _probe_urls(raw), "name=URL pairs separated by commas",
         "Active health probe URL per downstream; a failing probe makes calls fail fast.",
     )
     health_probe_ttl: float = _option(
-        "HEALTH_PROBE_TTL", 30.0, _seconds, "seconds >= 0",
+        "HEALTH_PROBE_TTL", 30.0, _number(0, 86400), "seconds from 0 to 86400",
         "A probe result is cached this long.",
     )
     health_unhealthy_when: str = _option(
@@ -337,6 +371,12 @@ class Settings:
         overrides = _service_overrides(environ, values.get("services", {}), problems)
         if overrides:
             values["service_overrides"] = overrides
+        storage = values.get("breaker_storage", "memory")
+        if storage != "memory" and not redis_client_available():
+            problems.append(
+                f"{PREFIX}BREAKER_STORAGE={_shown(storage, secret=True)} needs the redis client: "
+                "pip install 'otel-integration[redis]'; breakers keep their state in memory"
+            )
         for env in sorted(k for k in environ if k.startswith(PREFIX)):
             if env not in _KNOWN_VARIABLES and not env.startswith(SERVICE_PREFIX):
                 problems.append(f"{env} is not a known setting; it is ignored")
@@ -346,7 +386,7 @@ class Settings:
 SERVICE_PREFIX = PREFIX + "SERVICE_"
 
 
-def _overridable() -> list[dataclasses.Field]:
+def _overridable() -> list[dataclasses.Field[Any]]:
     return [
         f for f in options()
         if f.name.startswith(("retry_", "breaker_")) and f.name != "breaker_storage"
@@ -410,8 +450,9 @@ def _shown(raw: str, *, secret: bool) -> str:
     return repr(cleaned + suffix)
 
 
-def describe_default(f: dataclasses.Field) -> str:
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+def describe_default(f: dataclasses.Field[Any]) -> str:
+    factory: Callable[[], Any] = f.default_factory  # type: ignore[assignment]
+    value = f.default if f.default is not dataclasses.MISSING else factory()
     if isinstance(value, frozenset):
         return _describe_codes(value) if all(isinstance(v, int) for v in value) else ",".join(sorted(value)) or "(empty)"
     if isinstance(value, tuple):
@@ -434,9 +475,91 @@ def _describe_codes(codes: frozenset[int]) -> str:
     return ",".join(str(c) for c in sorted(codes))
 
 
-def options() -> list[dataclasses.Field]:
+def options() -> list[dataclasses.Field[Any]]:
     """The settings' fields, in documentation order."""
     return [f for f in dataclasses.fields(Settings) if "env" in f.metadata]
 
 
 _KNOWN_VARIABLES = frozenset(f.metadata["env"] for f in options())
+
+
+
+# --- the standard OTEL_* variables the distro relies on ------------------------------------
+#
+# The SDK configurator raises on an unknown protocol or exporter name, and the
+# launcher then runs no instrumentation at all (ours and upstream's). The
+# distro checks these first and replaces a bad value, with one ERROR each.
+
+
+@dataclass(frozen=True)
+class OtelProblem:
+    variable: str
+    raw: str
+    expected: str
+    replacement: str | None  # what the distro uses instead; None: the variable is unset (SDK default)
+
+    def message(self) -> str:
+        instead = f"using {self.replacement}" if self.replacement is not None else "using the SDK default"
+        return f"{self.variable}={_shown(self.raw, secret=True)} is invalid: expected {self.expected}; {instead}"
+
+
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+_SIGNALS = ("TRACES", "METRICS", "LOGS")
+DEFAULT_PROPAGATORS = "tracecontext,baggage,xrequestid"
+
+
+def _entry_point_names(group: str) -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group=group)}
+
+
+def _valid_endpoint(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def otel_problems(environ: Mapping[str, str]) -> list[OtelProblem]:
+    """The standard variables that would stop the SDK or the launcher, with the value used instead."""
+    problems: list[OtelProblem] = []
+    for variable in ("OTEL_EXPORTER_OTLP_PROTOCOL", *(f"OTEL_EXPORTER_OTLP_{s}_PROTOCOL" for s in _SIGNALS)):
+        raw = environ.get(variable)
+        if raw is not None and raw.strip() and raw.strip() not in OTLP_PROTOCOLS:
+            replacement = "http/protobuf" if variable == "OTEL_EXPORTER_OTLP_PROTOCOL" else None
+            problems.append(OtelProblem(variable, raw, "grpc or http/protobuf", replacement))
+    for signal in _SIGNALS:
+        variable = f"OTEL_{signal}_EXPORTER"
+        raw = environ.get(variable)
+        if raw is None or not raw.strip() or raw.strip().lower() == "none":
+            continue
+        known = _entry_point_names(f"opentelemetry_{signal.lower()}_exporter") | {"otlp"}
+        if not all(name.strip() in known for name in raw.split(",")):
+            problems.append(OtelProblem(variable, raw, f"none or exporter names among {','.join(sorted(known))}", "otlp"))
+    for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", *(f"OTEL_EXPORTER_OTLP_{s}_ENDPOINT" for s in _SIGNALS)):
+        raw = environ.get(variable)
+        if raw is not None and raw.strip() and not _valid_endpoint(raw.strip()):
+            problems.append(OtelProblem(variable, raw, "an http:// or https:// URL", None))
+    raw = environ.get("OTEL_PROPAGATORS")
+    if raw is not None and raw.strip() and raw.strip().lower() != "none":
+        known = _entry_point_names("opentelemetry_propagator")
+        if not all(name.strip() in known for name in raw.split(",")):
+            problems.append(
+                OtelProblem("OTEL_PROPAGATORS", raw, f"none or names among {','.join(sorted(known))}", DEFAULT_PROPAGATORS)
+            )
+    return problems
+
+
+def fix_otel_environment(environ: MutableMapping[str, str]) -> list[OtelProblem]:
+    """Replace (or unset) every value `otel_problems` finds, logging one ERROR each."""
+    problems = otel_problems(environ)
+    for problem in problems:
+        _logger.error("otel-integration: %s", problem.message())
+        if problem.replacement is None:
+            environ.pop(problem.variable, None)
+        else:
+            environ[problem.variable] = problem.replacement
+    return problems

@@ -4,7 +4,7 @@ It listens with the standard library's :class:`http.server.ThreadingHTTPServer` 
 background thread and decodes the official OTLP protobuf messages posted to
 ``/v1/traces``, ``/v1/metrics`` and ``/v1/logs`` into plain frozen dataclasses::
 
-    from otel_integration.receiver import OTLPReceiver
+    from otel_integration.devtools.receiver import OTLPReceiver
 
     with OTLPReceiver() as rx:                     # port 0: an ephemeral port
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = rx.endpoint
@@ -189,7 +189,7 @@ def decode_attributes(pairs: Iterable[common_pb2.KeyValue]) -> dict[str, Any]:
 
 def _enum_name(enum: Any, number: int, prefix: str) -> str:
     try:
-        return enum.Name(number).removeprefix(prefix)
+        return str(enum.Name(number)).removeprefix(prefix)
     except ValueError:  # a number this proto version does not know
         return str(number)
 
@@ -741,7 +741,7 @@ class _TraceBuffer:
 
 def main(argv: list[str] | None = None) -> int:
     """``otel-integration receive``: listen and print each trace as it completes."""
-    from otel_integration.traceview import render_trace, summarize_metrics
+    from otel_integration.devtools.traceview import render_trace, summarize_metrics
 
     parser = argparse.ArgumentParser(
         prog="otel-integration receive",

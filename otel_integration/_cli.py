@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from otel_integration import distro
-from otel_integration.settings import Settings, _shown, describe_default, options
+from otel_integration import _distro as distro
+from otel_integration._settings import Settings, _shown, describe_default, options, otel_problems
 
 # The standard variables that change what this distro does.
 OTEL_VARIABLES = (
@@ -22,6 +22,10 @@ OTEL_VARIABLES = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
     "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_TRACES_EXPORTER",
     "OTEL_METRICS_EXPORTER",
@@ -69,6 +73,7 @@ def check(environ: Mapping[str, str], out: object = sys.stdout) -> int:
             write(f"  {name} = {value} [{source}]\n")
     if "OTEL_EXPORTER_OTLP_ENDPOINT" not in environ:
         write("  OTEL_EXPORTER_OTLP_ENDPOINT = 'http://localhost:4318' [SDK default for http/protobuf]\n")
+    problems += [problem.message() for problem in otel_problems(effective)]
     if problems:
         write(f"{len(problems)} problem(s):\n")
         for problem in problems:
@@ -100,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rest:
             parser.error(f"unexpected arguments: {' '.join(rest)}")
         return check(os.environ)
-    from otel_integration import receiver
+    from otel_integration.devtools import receiver
 
     return receiver.main(rest)
 

@@ -1,11 +1,12 @@
 """Auth forwarding: the incoming Authorization header, to allowlisted downstreams only.
 
 Off by default. With ``OTEL_INTEGRATION_AUTH_FORWARD_TO=extract,catalog:8082``
-the server middleware (`otel_integration.server`) keeps the Authorization
+the server middleware (`_server/correlation.py`) keeps the Authorization
 header of the request being handled in the OpenTelemetry context, under a
 private key that no propagator reads: it is never put in baggage and never
-injected by `opentelemetry.propagate`. A before-send hook of the resilience
-layer then copies it onto an outgoing httpx call only when
+injected by `opentelemetry.propagate`. The resilience layer, when the
+allowlist is set, runs `forward_authorization` before each call is sent: it
+copies the header onto the outgoing httpx request only when
 
 - the downstream is on the allowlist, by logical name (``OTEL_INTEGRATION_SERVICES``)
   or by ``host`` or ``host:port``; and
@@ -21,18 +22,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import httpx
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from otel_integration.layer import Downstream, ResilienceLayer
+if TYPE_CHECKING:
+    from otel_integration._client.downstreams import Downstream
 
 AUTHORIZATION_KEY = otel_context.create_key("otel_integration.incoming_authorization")
 SANITIZE_FIELDS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
 SENSITIVE_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie")
 _MAX_AUTHORIZATION_LENGTH = 16 * 1024
-_ATTACHED = "_otel_integration_auth_attached"
 
 
 def valid_authorization(value: object) -> str | None:
@@ -76,14 +78,6 @@ def forward_authorization(request: httpx.Request, downstream: Downstream) -> Non
     if value is None or not allowed(downstream, allowlist):
         return
     request.headers["Authorization"] = value
-
-
-def attach(layer: ResilienceLayer) -> None:
-    """Install the hook on `layer` (once)."""
-    if getattr(layer, _ATTACHED, False):
-        return
-    setattr(layer, _ATTACHED, True)
-    layer.add_before_send(forward_authorization)
 
 
 def sanitize_sensitive_headers(environ: os._Environ[str] | dict[str, str] = os.environ) -> None:

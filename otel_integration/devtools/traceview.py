@@ -2,8 +2,8 @@
 
 ::
 
-    from otel_integration.receiver import OTLPReceiver
-    from otel_integration.traceview import render_traces, summarize_metrics
+    from otel_integration.devtools.receiver import OTLPReceiver
+    from otel_integration.devtools.traceview import render_traces, summarize_metrics
 
     with OTLPReceiver() as rx:
         ...
@@ -32,7 +32,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:  # only for annotations: keeps `python -m otel_integration.receiver` single-copy
-    from otel_integration.receiver import MetricPoint, Span
+    from otel_integration.devtools.receiver import MetricPoint, Span
 
 __all__ = ["clean", "render_trace", "render_traces", "summarize_metrics"]
 

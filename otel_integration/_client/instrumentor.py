@@ -4,11 +4,13 @@ Loaded by `opentelemetry-instrument` through the ``opentelemetry_instrumentor``
 entry point ``otel_integration_httpx``; disable it with
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_integration_httpx``. By hand::
 
-    from otel_integration.instrumentation import OtelIntegrationInstrumentor
+    from otel_integration import OtelIntegrationInstrumentor
 
     OtelIntegrationInstrumentor().instrument()
     httpx.get("https://example.org")   # request ID, retries, breaker
     OtelIntegrationInstrumentor().uninstrument()
+
+Or for one client only: ``otel_integration.instrument_client(client)``.
 
 How: httpx asks ``Client._transport_for_url(url)`` for the transport of every
 request (the default one, or a mount). We wrap that method on the classes,
@@ -17,6 +19,13 @@ created before instrumentation, mounted transports and user transports such
 as `MockTransport`. The upstream httpx instrumentation wraps
 `HTTPTransport.handle_request`, which sits *inside* our transport: it records
 one CLIENT span per physical attempt.
+
+The instrumentor also turns on what a client gets from the distro besides
+retries: log correlation (`request_id`, `trace_id`, `span_id` on log records),
+the active health probes and auth forwarding (both read from the settings by
+the layer). It never raises: if the layer cannot be built from the settings,
+it logs one error and uses the defaults; if that fails too, httpx is left as
+it is, and the upstream instrumentations stay on.
 """
 
 from __future__ import annotations
@@ -24,17 +33,20 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Collection
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
-from otel_integration import distro
-from otel_integration.layer import ResilienceLayer
-from otel_integration.settings import Settings
-from otel_integration.transport import AsyncResilientTransport, ResilientTransport
+from otel_integration import _distro as distro
+from otel_integration import _logs as logs
+from otel_integration._client import layer as layers
+from otel_integration._client.async_transport import AsyncResilientTransport
+from otel_integration._client.layer import ResilienceLayer
+from otel_integration._client.sync_transport import ResilientTransport
+from otel_integration._settings import Settings
 
 _logger = logging.getLogger(__name__)
 
@@ -48,10 +60,7 @@ OTHER_DISTRO_WARNING = (
     "opentelemetry-distro."
 )
 
-
-class OtelIntegrationInstrumentor(BaseInstrumentor):
-    layer: ResilienceLayer | None = None
-
+class OtelIntegrationInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("httpx >= 0.27",)
 
@@ -62,25 +71,36 @@ class OtelIntegrationInstrumentor(BaseInstrumentor):
         if not settings.enabled:
             _logger.info("otel-integration: OTEL_INTEGRATION_ENABLED=false; httpx clients are left as they are")
             return
-        layer = ResilienceLayer(
-            settings,
-            tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
-            **({"clock": kwargs["clock"]} if "clock" in kwargs else {}),
-        )
-        OtelIntegrationInstrumentor.layer = layer
-        for hook in _layer_hooks:
-            hook(layer)
+        try:
+            layer = self._layer(settings, kwargs)
+        except Exception:
+            _logger.exception("otel-integration: could not set up the httpx layer from the settings; using the defaults")
+            try:
+                layer = self._layer(Settings(), kwargs)
+            except Exception:
+                _logger.exception("otel-integration: could not set up the httpx layer; httpx clients are left as they are")
+                return
+        logs.install(settings)
+        layers.set_active(layer)
         wrap_function_wrapper(httpx.Client, "_transport_for_url", _wrap(layer, ResilientTransport))
         wrap_function_wrapper(httpx.AsyncClient, "_transport_for_url", _wrap(layer, AsyncResilientTransport))
 
+    @staticmethod
+    def _layer(settings: Settings, kwargs: dict[str, Any]) -> ResilienceLayer:
+        extra = {"clock": kwargs["clock"]} if "clock" in kwargs else {}
+        return ResilienceLayer(
+            settings, tracer_provider=kwargs.get("tracer_provider"), meter_provider=kwargs.get("meter_provider"), **extra
+        )
+
     def _uninstrument(self, **kwargs: Any) -> None:
-        if OtelIntegrationInstrumentor.layer is None:
+        layer = layers.active()
+        if layer is None:
             return
         unwrap(httpx.Client, "_transport_for_url")
         unwrap(httpx.AsyncClient, "_transport_for_url")
-        OtelIntegrationInstrumentor.layer.breakers.close()
-        OtelIntegrationInstrumentor.layer = None
+        layers.set_active(None)
+        layer.close()
+        logs.uninstall()
 
 
 def _under_launcher() -> bool:
@@ -89,13 +109,7 @@ def _under_launcher() -> bool:
     return "auto_instrumentation" in str(getattr(module, "__file__", ""))
 
 
-# Later parts of the distro (auth forwarding, health probes) register here to
-# be handed each new layer.
-_layer_hooks: list[Any] = []
-
-
-def on_new_layer(hook: Any) -> None:
-    _layer_hooks.append(hook)
+Transport = TypeVar("Transport", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
 def _wrapper_for(transport: Any, layer: ResilienceLayer, factory: type) -> Any:
@@ -120,3 +134,23 @@ def _wrap(layer: ResilienceLayer, factory: type) -> Any:
         return _wrapper_for(transport, layer, factory)
 
     return wrapper
+
+
+Client = TypeVar("Client", httpx.Client, httpx.AsyncClient)
+
+
+def instrument_client(client: Client, layer: ResilienceLayer | None = None) -> Client:
+    """Put one client's transports (its default and its mounts) behind the resilience layer.
+
+    For programs that want the layer on some clients only, without
+    `OtelIntegrationInstrumentor`. ``layer``: the instrumentation's, else one
+    built once from the ``OTEL_INTEGRATION_*`` environment. Returns the client.
+    """
+    layer = layer or layers.current()
+    factory: type = AsyncResilientTransport if isinstance(client, httpx.AsyncClient) else ResilientTransport
+    client._transport = _wrapper_for(client._transport, layer, factory)
+    client._mounts = {
+        pattern: None if transport is None else _wrapper_for(transport, layer, factory)
+        for pattern, transport in client._mounts.items()
+    }
+    return client

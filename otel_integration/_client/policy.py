@@ -1,7 +1,8 @@
-"""Retry policy: which outcomes are retried, and how long to wait.
+"""Retry policy: which outcomes are retried, which count against a downstream, how long to wait.
 
-Pure functions of a request, an outcome and the settings, shared by the sync
-and async transports. Nothing here does I/O.
+Pure functions of a request or an outcome; the call core (`call.py`) applies
+them. Nothing here does I/O. The backoff formula is this module's alone:
+stamina runs the retry loop, but every wait it sleeps is the one computed here.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def is_replayable(request: httpx.Request) -> bool:
     return type(stream).__name__ == "MultipartStream"
 
 
+def fails_downstream(error: BaseException) -> bool:
+    """Whether an attempt's exception is the downstream's fault (a circuit breaker failure).
+
+    Network errors and timeouts talking to it, and protocol violations on its
+    side, are. The caller's own problems are not: a full connection pool
+    (`PoolTimeout`), a request httpx refused to send (`LocalProtocolError`,
+    `UnsupportedProtocol`), a proxy failing, cancellation, our fail-fast errors.
+    """
+    if isinstance(error, (httpx.PoolTimeout, httpx.ProxyError, IntegrationError)):
+        return False
+    return isinstance(error, (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError))
+
+
 def retryable_error(error: BaseException, idempotent: bool) -> bool:
     if isinstance(error, IntegrationError):
         return False  # our own fail-fast errors: retrying would defeat them
@@ -67,11 +81,14 @@ def retry_after_seconds(response: httpx.Response, now: float | None = None) -> f
 
 
 def exponential_backoff(retry_number: int, *, initial: float, maximum: float, jitter: float) -> float:
-    """stamina's formula: initial * 2**(n-1) + uniform(0, jitter), at most `maximum`."""
+    """The wait before retry number `retry_number` (1-based): initial * 2**(n-1) + uniform(0, jitter), at most `maximum`.
+
+    The same formula as stamina's own, so its documentation applies.
+    """
     try:
-        wait = initial * (2 ** (retry_number - 1))
+        wait = float(initial * (2 ** (retry_number - 1)))
     except OverflowError:
         wait = maximum
     if jitter:
         wait += random.uniform(0, jitter)  # noqa: S311 - jitter, not cryptography
-    return min(maximum, wait)
+    return float(min(maximum, wait))

@@ -1,0 +1,94 @@
+"""`AsyncResilientTransport`: retries, circuit breaker and request ID around any async httpx transport.
+
+This file is the source of both transports: ``scripts/gen_unasync.py`` writes
+the sync twin, `ResilientTransport` in ``sync_transport.py``, from it. Only
+I/O lives here: every decision is the call core's (`call.py`).
+
+The instrumentor puts every client's transports behind one; it can also be
+composed by hand, like httpx's own transports::
+
+    client = httpx.AsyncClient(transport=AsyncResilientTransport(httpx.AsyncHTTPTransport()))
+
+Per-request overrides go in ``request.extensions["otel_integration"]``: a dict
+with any of ``retry`` (False: no retry), ``attempts`` (1 to 100) and
+``deadline`` (seconds).
+"""
+
+from __future__ import annotations
+
+import httpx
+from anyio.lowlevel import checkpoint
+
+from otel_integration._client.call import AttemptOutcome, Call
+from otel_integration._client.layer import ResilienceLayer, current
+
+
+class AsyncResilientTransport(httpx.AsyncBaseTransport):
+    """Wraps ``transport`` (default: a new `httpx.AsyncHTTPTransport`) with the resilience layer.
+
+    ``layer``: the instrumentation's, else one built once from the
+    ``OTEL_INTEGRATION_*`` environment.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, layer: ResilienceLayer | None = None) -> None:
+        self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self.layer = layer if layer is not None else current()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call = Call.begin(self.layer, request)
+        if call is None:
+            return await self.transport.handle_async_request(request)
+        refused = call.admit()
+        if refused is not None:
+            await checkpoint()  # a tight loop of refused calls must still let other tasks run
+            raise refused
+        outcome = await self._attempt(call)
+        if outcome.final:
+            return call.finish(outcome)
+        return await self._retry(call, outcome)
+
+    async def _attempt(self, call: Call) -> AttemptOutcome:
+        call.start()
+        try:
+            response = await self.transport.handle_async_request(call.request)
+        except BaseException as error:
+            outcome = call.failed(error)
+            if outcome is None:
+                raise
+            return outcome
+        return call.answered(response)
+
+    async def _retry(self, call: Call, outcome: AttemptOutcome) -> httpx.Response:
+        try:
+            async for attempt in call.retrying():
+                with attempt:
+                    if attempt.num == 1:
+                        raise outcome  # replay: stamina owns the loop from the first failure on
+                    if not call.readmit(outcome):
+                        break  # refused after the wait: the last outcome stands
+                    if outcome.response is not None:
+                        await _discard(outcome.response)
+                    outcome = await self._attempt(call)
+                    if not outcome.final:
+                        raise outcome
+        except AttemptOutcome as last:  # stamina stopped retrying
+            outcome = last
+        except BaseException:
+            # Cancelled while waiting: the held response must not keep its connection.
+            if outcome.response is not None:
+                await outcome.response.aclose()
+            raise
+        return call.finish(outcome)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+async def _discard(response: httpx.Response) -> None:
+    """Read and close a response that will not be returned, so its connection goes back to the pool."""
+    try:
+        await response.aread()
+    except httpx.HTTPError:
+        pass
+    finally:
+        await response.aclose()

@@ -1,0 +1,81 @@
+"""`ResilientTransport`: retries, circuit breaker and request ID around any sync httpx transport.
+
+GENERATED from async_transport.py by scripts/gen_unasync.py: edit that file, then run the script.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from otel_integration._client.call import AttemptOutcome, Call
+from otel_integration._client.layer import ResilienceLayer, current
+
+
+class ResilientTransport(httpx.BaseTransport):
+    """Wraps ``transport`` (default: a new `httpx.HTTPTransport`) with the resilience layer.
+
+    ``layer``: the instrumentation's, else one built once from the
+    ``OTEL_INTEGRATION_*`` environment.
+    """
+
+    def __init__(self, transport: httpx.BaseTransport | None = None, layer: ResilienceLayer | None = None) -> None:
+        self.transport = transport if transport is not None else httpx.HTTPTransport()
+        self.layer = layer if layer is not None else current()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        call = Call.begin(self.layer, request)
+        if call is None:
+            return self.transport.handle_request(request)
+        refused = call.admit()
+        if refused is not None:
+            raise refused
+        outcome = self._attempt(call)
+        if outcome.final:
+            return call.finish(outcome)
+        return self._retry(call, outcome)
+
+    def _attempt(self, call: Call) -> AttemptOutcome:
+        call.start()
+        try:
+            response = self.transport.handle_request(call.request)
+        except BaseException as error:
+            outcome = call.failed(error)
+            if outcome is None:
+                raise
+            return outcome
+        return call.answered(response)
+
+    def _retry(self, call: Call, outcome: AttemptOutcome) -> httpx.Response:
+        try:
+            for attempt in call.retrying():
+                with attempt:
+                    if attempt.num == 1:
+                        raise outcome  # replay: stamina owns the loop from the first failure on
+                    if not call.readmit(outcome):
+                        break  # refused after the wait: the last outcome stands
+                    if outcome.response is not None:
+                        _discard(outcome.response)
+                    outcome = self._attempt(call)
+                    if not outcome.final:
+                        raise outcome
+        except AttemptOutcome as last:  # stamina stopped retrying
+            outcome = last
+        except BaseException:
+            # Cancelled while waiting: the held response must not keep its connection.
+            if outcome.response is not None:
+                outcome.response.close()
+            raise
+        return call.finish(outcome)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _discard(response: httpx.Response) -> None:
+    """Read and close a response that will not be returned, so its connection goes back to the pool."""
+    try:
+        response.read()
+    except httpx.HTTPError:
+        pass
+    finally:
+        response.close()

@@ -1,0 +1,164 @@
+"""The server instrumentor: request IDs for every Starlette, FastAPI, plain-ASGI-under-uvicorn and Flask app.
+
+Loaded by ``opentelemetry-instrument`` (entry point ``otel_integration_server``);
+disable it with ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_integration_server``.
+It wraps ``Starlette.__call__`` (so the middleware is outside every
+Starlette/FastAPI middleware, ServerErrorMiddleware included), uvicorn's app
+loading (plain ASGI apps; a SERVER span is added with the upstream ASGI
+middleware when nothing else creates one) and ``Flask.wsgi_app``. Each patch
+is applied only when its framework is installed, and nothing of a framework is
+imported before the app imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from otel_integration import _auth as auth
+from otel_integration import _logs as logs
+from otel_integration._server import asgi, wsgi
+from otel_integration._server.correlation import Correlator, deactivate_span_processors
+from otel_integration._settings import Settings
+
+_logger = logging.getLogger(__name__)
+
+
+class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Loaded by ``opentelemetry-instrument`` (entry point ``otel_integration_server``).
+
+    Disable it with ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_integration_server``.
+    Each framework patch is applied only when the framework is installed.
+    """
+
+    _patched: list[tuple[Any, str]] = []
+    settings: Settings | None = None
+
+    def instrumentation_dependencies(self) -> tuple[str, ...]:
+        return ()  # every framework is optional; absent ones are skipped
+
+    def _instrument(self, **kwargs: Any) -> None:
+        settings = kwargs.get("settings") or Settings.from_env(log=False)
+        if not settings.enabled:
+            return
+        ServerInstrumentor.settings = settings
+        try:
+            auth.sanitize_sensitive_headers()
+            logs.install(settings)
+            core = Correlator(settings)
+            self._patch_starlette(core)
+            self._patch_uvicorn(core)
+            self._patch_flask(core)
+        except Exception:  # never out of instrument(): the upstream instrumentations stay on
+            _logger.exception("otel-integration: could not set up request IDs on the server side")
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for owner, name in ServerInstrumentor._patched:
+            attribute = getattr(owner, name, None)
+            original = getattr(attribute, "__wrapped__", None)
+            if original is not None:
+                setattr(owner, name, original)
+        ServerInstrumentor._patched = []
+        deactivate_span_processors()
+        logs.uninstall()
+        ServerInstrumentor.settings = None
+
+    @staticmethod
+    def _wrap(owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
+        from wrapt import FunctionWrapper
+
+        current = owner.__dict__[name]
+        if isinstance(current, FunctionWrapper):
+            return  # already ours
+        setattr(owner, name, FunctionWrapper(current, wrapper))
+        ServerInstrumentor._patched.append((owner, name))
+
+    def _patch_starlette(self, core: Correlator) -> None:
+        Starlette = _original_class("starlette.applications", "Starlette")
+        if Starlette is None:
+            return
+
+        def call(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if len(args) != 3 or kwargs:
+                return wrapped(*args, **kwargs)  # e.g. uvicorn probing for an app factory
+            scope, receive, send = args
+            return asgi.handle(core, scope, receive, send, wrapped, True)
+
+        self._wrap(Starlette, "__call__", call)
+
+    def _patch_uvicorn(self, core: Correlator) -> None:
+        try:
+            from uvicorn.config import Config
+        except ImportError:
+            return
+
+        def load(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            result = wrapped(*args, **kwargs)
+            if instance.interface != "wsgi" and not isinstance(instance.loaded_app, asgi.RequestIdMiddleware):
+                app = instance.loaded_app
+                if not _has_server_spans(instance):
+                    app = _otel_asgi(app)
+                instance.loaded_app = asgi.RequestIdMiddleware(app, core.settings)
+            return result
+
+        self._wrap(Config, "load", load)
+
+    def _patch_flask(self, core: Correlator) -> None:
+        Flask = _original_class("flask.app", "Flask")
+        if Flask is None:
+            return
+
+        def wsgi_app(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if len(args) != 2 or kwargs:
+                return wrapped(*args, **kwargs)
+            environ, start_response = args
+            return wsgi.handle(core, environ, start_response, wrapped, True)
+
+        self._wrap(Flask, "wsgi_app", wsgi_app)
+
+
+def _original_class(module_name: str, name: str) -> Any:
+    """The framework's own class, also when an instrumentation replaced the module attribute
+    with a subclass (the starlette and flask instrumentations do)."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    cls = getattr(module, name, None)
+    for klass in getattr(cls, "__mro__", ()):
+        if klass.__module__ == module_name and klass.__name__ == name:
+            return klass
+    return None
+
+
+def _has_server_spans(config: Any) -> bool:
+    """Whether the app uvicorn serves already gets SERVER spans from an instrumentation."""
+    app = config.app
+    if isinstance(app, str):
+        if config.factory:
+            return True  # unknown until called: do not risk double spans
+        try:
+            from uvicorn.importer import import_from_string
+
+            app = import_from_string(app)
+        except Exception:  # noqa: BLE001 - uvicorn already reported it
+            return True
+    starlette = _original_class("starlette.applications", "Starlette")
+    if starlette is not None and isinstance(app, starlette):
+        return True  # the starlette / fastapi instrumentations cover it
+    try:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        return isinstance(app, OpenTelemetryMiddleware)
+    except ImportError:
+        return True
+
+
+def _otel_asgi(app: Any) -> Any:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    return OpenTelemetryMiddleware(app)

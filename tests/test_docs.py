@@ -1,0 +1,29 @@
+"""The docs state what the code does: generated tables are current, numbers match the constants."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from otel_integration._client import budget, retry_log
+from otel_integration._client.breaker import shared
+from otel_integration._settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+
+def test_the_configuration_table_is_generated_from_the_settings():
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_docs.py"), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_numbers_the_readme_gives_are_the_codes():
+    settings = Settings()
+    assert budget.TTL == 10.0 and "sliding 10 s window" in README
+    reserve = settings.retry_budget_min_per_second * budget.TTL
+    assert reserve == 100 and "at most 100 plus 20 % of its calls" in README
+    assert retry_log.INTERVAL == 10.0 and "at most every 10 s on the `otel_integration.retries` logger" in README
+    assert shared.INTERVAL == 0.5 and "adopts the others' every 0.5 s" in README
+    assert shared.RETRY_BACKOFF == 5.0 and "Redis is retried every 5 s" in README
