@@ -105,9 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rest:
             parser.error(f"unexpected arguments: {' '.join(rest)}")
         return check(os.environ)
-    from otel_integration.devtools import receiver
+    from otel_integration.devtools import receive
 
-    return receiver.main(rest)
+    return receive.main(rest)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from otel_integration._propagation import RequestIdPropagator
 from otel_integration._settings import Settings, fix_otel_environment
+from otel_integration import _export_gate, _shutdown
 from otel_integration._client.tracing import AttemptSpanProcessor
 
 _logger = logging.getLogger(__name__)
@@ -95,12 +96,17 @@ class OtelIntegrationConfigurator(_OTelSDKConfigurator):
         processors = list(kwargs.pop("span_processors", None) or [])
         processors.append(AttemptSpanProcessor())
         fix_otel_environment(os.environ)  # under configure() the distro step may not have run
+        # The OTLP/HTTP exporters send through the export gate (a dead collector costs no time);
+        # what the caller passes for an exporter class wins.
+        exporter_args = {**_export_gate.exporter_arguments(), **(kwargs.pop("exporter_args_map", None) or {})}
         try:
-            super()._configure(span_processors=processors, **kwargs)  # type: ignore[no-untyped-call]
+            super()._configure(span_processors=processors, exporter_args_map=exporter_args, **kwargs)  # type: ignore[no-untyped-call]
         except Exception:
             # Whatever the SDK refused, the app must start, and the instrumentations
             # (which record through the global providers) must still load.
             _logger.exception("otel-integration: the OpenTelemetry SDK could not be configured; no telemetry is exported")
+        _shutdown.bound_the_exit()
+        _shutdown.install_signal_flush()
         _state["sdk_configured"] = True
 
 

@@ -1,7 +1,7 @@
 """Log correlation: request_id, trace_id and span_id on every stdlib log record.
 
-`install()` (run by the server instrumentor under ``opentelemetry-instrument``)
-wraps the current `logging.LogRecordFactory`, so every record of every logger,
+`install()` (run by the client and server instrumentors under
+``opentelemetry-instrument``) wraps the current `logging.LogRecordFactory`, so every record of every logger,
 uvicorn's and the app's included, gets three attributes:
 
 - ``request_id``: the validated correlation ID of the request being handled;
@@ -11,16 +11,18 @@ all empty strings outside a request / span. The request ID only ever comes
 from the OpenTelemetry context, where only validated values are stored, so a
 log line never contains a raw incoming header.
 
-When OTLP log export is on (``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED=true``),
-the SDK's LoggingHandler turns record attributes into log attributes: the
-exported record carries ``request_id`` (its own trace and span IDs are set by
-the SDK).
+Records go over OTLP by default: opentelemetry-instrumentation-logging (a
+dependency) puts its handler on the root logger, and it turns record
+attributes into log attributes, so the exported record carries ``request_id``
+(its own trace and span IDs are set from the context).
 
 ``OTEL_INTEGRATION_LOG_FORMAT=true`` (the default) also installs `DEFAULT_FORMAT`
 on a stderr handler, but only when the application configured no handler on
 the root logger; a later ``logging.basicConfig()`` / ``dictConfig()`` /
 ``fileConfig()`` by the app removes it again, so the app's own configuration
-always wins. ``OTEL_INTEGRATION_LOG_CORRELATION=false`` turns all of it off.
+always wins. Where the app gives no format of its own (``basicConfig(level=...)``,
+the most common set-up), its handler gets `DEFAULT_FORMAT`, so its lines still
+show the request ID. ``OTEL_INTEGRATION_LOG_CORRELATION=false`` turns all of it off.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ def uninstall_record_factory() -> None:
         logging.setLogRecordFactory(previous)
 
 
+def _root_has_app_handlers() -> bool:
+    """basicConfig does nothing when the root logger has handlers (unless force=True)."""
+    return _app_configured_root()
+
+
 def _app_configured_root() -> bool:
     """Whether the root logger has a handler other than OpenTelemetry's exporters or ours."""
     for handler in logging.getLogger().handlers:
@@ -133,7 +140,17 @@ def _wrap_config_functions() -> None:
         configure.__wrapped__ = function  # type: ignore[attr-defined]
         return configure
 
-    logging.basicConfig = wrap(originals[0])
+    def basic_config(**kwargs: Any) -> None:
+        # The most common set-up, basicConfig(level=logging.INFO), gives no format:
+        # ours then, so its lines still show the request ID.
+        applies = kwargs.get("force") or not _root_has_app_handlers()
+        if "format" not in kwargs and kwargs.get("style", "%") == "%" and applies:
+            kwargs["format"] = DEFAULT_FORMAT
+        remove_default_format()
+        originals[0](**kwargs)
+
+    basic_config.__wrapped__ = originals[0]  # type: ignore[attr-defined]
+    logging.basicConfig = basic_config
     logging.config.dictConfig = wrap(originals[1], dict_config=True)
     logging.config.fileConfig = wrap(originals[2])
 
@@ -169,6 +186,7 @@ def install(settings: Settings | None = None) -> None:
     install_record_factory()
     if settings.log_format:
         install_default_format()
+        _wrap_config_functions()
 
 
 def uninstall() -> None:

@@ -242,6 +242,11 @@ class Settings:
         "up to 8 comma-separated header names, none a framing, hop-by-hop, trace-context or credential header",
         "Headers searched, in order, for an incoming correlation ID; the first valid one wins.",
     )
+    timeout: float = _option(
+        "TIMEOUT", 0.0, _number(0, 3600), "seconds from 0 to 3600",
+        "Timeout of each attempt (connect, read, write, pool) for requests with httpx's default one "
+        "(0: httpx's own, 5 s).",
+    )
     retry_attempts: int = _option(
         "RETRY_ATTEMPTS", 3, _integer(1, 100), "an integer from 1 to 100",
         "Attempts per logical call, the first included (1 disables retries).",
@@ -331,8 +336,8 @@ class Settings:
         "LOG_FORMAT", True, _bool, "true or false",
         "Install a default log format showing those IDs when the app configured no logging.",
     )
-    # OTEL_INTEGRATION_SERVICE_<NAME>_<SETTING>: per-service override of any RETRY_* or BREAKER_*
-    # setting (not BREAKER_STORAGE) for a logical name of OTEL_INTEGRATION_SERVICES, e.g.
+    # OTEL_INTEGRATION_SERVICE_<NAME>_<SETTING>: per-service override of TIMEOUT or any RETRY_* or
+    # BREAKER_* setting (not BREAKER_STORAGE) for a logical name of OTEL_INTEGRATION_SERVICES, e.g.
     # OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS=5. Parsed by `_service_overrides`; not a
     # variable of its own, so not in `options()`.
     service_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -389,7 +394,7 @@ SERVICE_PREFIX = PREFIX + "SERVICE_"
 def _overridable() -> list[dataclasses.Field[Any]]:
     return [
         f for f in options()
-        if f.name.startswith(("retry_", "breaker_")) and f.name != "breaker_storage"
+        if (f.name.startswith(("retry_", "breaker_")) and f.name != "breaker_storage") or f.name == "timeout"
     ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             print(f"== run {run}/{args.runs} with {args.hogs} CPU hog(s)", flush=True)
             done = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.pytest_args], cwd=REPO
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.pytest_args],
+                cwd=REPO,
+                # As in a terminal, even when this script was started in the background
+                # (which makes the shell ignore SIGINT for it and everything it starts).
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
             results.append((done.returncode, time.monotonic() - started))
     finally:

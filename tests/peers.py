@@ -57,7 +57,8 @@ class SeenRequest:
     method: str
     path: str
     headers: dict[str, str]
-    at: float
+    at: float  # monotonic
+    wall: float = 0.0  # time.time(): for HTTP dates
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -81,7 +82,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         headers = {k.lower(): v for k, v in self.headers.items()}
         with self.server.lock:
-            self.server.requests.append(SeenRequest(self.command, url.path, headers, time.monotonic()))
+            self.server.requests.append(SeenRequest(self.command, url.path, headers, time.monotonic(), time.time()))
         parts = url.path.strip("/").split("/")
         status, extra = 200, {}
         if parts[0] == "status":

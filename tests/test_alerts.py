@@ -15,8 +15,11 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests import peers
@@ -326,54 +329,93 @@ def _get_json(url: str):
 
 
 
-@pytest.mark.slow
-def test_prometheus_fires_the_alerts_end_to_end(tmp_path):
-    prometheus = require_binary("prometheus")
-    service = FakeService()
+class Prometheus:
+    """A real `prometheus` scraping `exposition()` every second and evaluating alerts.yml.
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            body = service.exposition().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    `rules` may rewrite the committed rules (the tests only shorten `for:` and
+    windows so they take seconds, never the expressions' logic).
+    """
 
-        def log_message(self, *args):
-            pass
+    def __init__(self, tmp_path: Path, exposition: Any, rules: Any = None) -> None:
+        self.binary = require_binary("prometheus")
+        self.tmp_path = tmp_path
+        self.exposition = exposition
+        committed = yaml.safe_load(ALERTS.read_text())
+        self.rules = rules(committed) if rules else committed
 
-    exporter = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+    def __enter__(self) -> Prometheus:
+        exposition = self.exposition
 
-    rules = yaml.safe_load(ALERTS.read_text())
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                body = exposition().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.exporter = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.exporter.serve_forever, daemon=True).start()
+        tmp = self.tmp_path
+        (tmp / "alerts.yml").write_text(yaml.safe_dump(self.rules))
+        config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+        config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
+        config["scrape_configs"] = [
+            {
+                "job_name": "otel-collector-apps",
+                "honor_labels": True,
+                "static_configs": [{"targets": [f"127.0.0.1:{self.exporter.server_address[1]}"]}],
+            }
+        ]
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.port = _free_port()
+        self.log = tmp / "prometheus.log"
+        self.process = subprocess.Popen(
+            [self.binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=self.log.open("w"),
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.exporter.shutdown()
+
+    def firing(self) -> list[dict]:
+        assert self.process.poll() is None, self.log.read_text()
+        try:
+            alerts = _get_json(f"http://127.0.0.1:{self.port}/api/v1/alerts")["data"]["alerts"]
+        except OSError:
+            return []
+        return [a for a in alerts if a["state"] == "firing"]
+
+    def wait(self, condition: Any, what: str, timeout: float = 90) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        firing: list[dict] = []
+        while time.monotonic() < deadline:
+            firing = self.firing()
+            if condition(firing):
+                return firing
+            time.sleep(0.5)
+        pytest.fail(f"{what}; firing: {sorted((a['labels']['alertname'], a['labels'].get('server_port')) for a in firing)}")
+
+
+def _for_zero(rules: dict) -> dict:
     for group in rules["groups"]:
         for rule in group["rules"]:
             if "alert" in rule:
                 rule["for"] = "0s"
-    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
-    config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
-    config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
-    config["scrape_configs"] = [
-        {
-            "job_name": "otel-collector-apps",
-            "honor_labels": True,
-            "static_configs": [{"targets": [f"127.0.0.1:{exporter.server_address[1]}"]}],
-        }
-    ]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    return rules
 
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("w"),
-    )
+
+@pytest.mark.slow
+def test_prometheus_fires_the_alerts_end_to_end(tmp_path):
+    service = FakeService()
     expected = {
         "HttpClientCircuitBreakerOpen",
         "HttpClientHighErrorRate",
@@ -382,24 +424,8 @@ def test_prometheus_fires_the_alerts_end_to_end(tmp_path):
         "HttpClientDependencyUnhealthy",
         "HttpClientCircuitBreakerStorageErrors",
     }
-    firing: list[dict] = []
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
-            try:
-                alerts = _get_json(f"http://127.0.0.1:{port}/api/v1/alerts")["data"]["alerts"]
-            except OSError:
-                alerts = []
-            firing = [a for a in alerts if a["state"] == "firing"]
-            if {a["labels"]["alertname"] for a in firing} >= expected:
-                break
-            time.sleep(0.5)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        exporter.shutdown()
-
+    with Prometheus(tmp_path, service.exposition, _for_zero) as prometheus:
+        firing = prometheus.wait(lambda f: {a["labels"]["alertname"] for a in f} >= expected, "every alert firing")
     names = {a["labels"]["alertname"] for a in firing}
     assert names == expected, f"firing: {sorted(names)}"
     for alert in firing:
@@ -410,3 +436,94 @@ def test_prometheus_fires_the_alerts_end_to_end(tmp_path):
             assert labels["server_address"] == "payments.internal", labels
             assert labels["server_port"] == "443" and labels["peer_service"] == "payments", labels
         assert alert["annotations"]["runbook_url"] == f"docs/runbooks/{labels['alertname']}.md"
+
+
+# --- real failures, real instruments, real Prometheus ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_alerts_fire_and_resolve_on_real_failures(tmp_path):
+    """Refused connections, timeouts, 503s and a breaker that opens then recovers with no traffic.
+
+    The calls are real (upstream httpx instrumentation and ours, against real
+    sockets); the metrics are the SDK's, rendered as the collector's exporter
+    renders them. Besides `for: 0s`, the breaker alert's 1 m window is 5 s, so
+    its resolution is seen in seconds.
+    """
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from otel_integration._client.instrumentor import OtelIntegrationInstrumentor
+    from otel_integration._settings import Settings
+
+    resource = Resource.create({"service.name": "caller", "service.instance.id": "caller-1"})
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader], resource=resource)
+    tracers = TracerProvider(resource=resource)
+    upstream, ours = HTTPXClientInstrumentor(), OtelIntegrationInstrumentor()
+
+    def shorter_windows(rules: dict) -> dict:
+        for group in _for_zero(rules)["groups"]:
+            for rule in group["rules"]:
+                if rule.get("alert") == "HttpClientCircuitBreakerOpen":
+                    rule["expr"] = rule["expr"].replace("[1m]", "[5s]")
+        return rules
+
+    refused = peers.closed_port()
+    stop = threading.Event()
+    with peers.QuickFaultServer() as slow, peers.QuickFaultServer() as unavailable, peers.QuickFaultServer() as dying:
+        # The hammered downstreams keep their breakers closed (an open one would stop the attempts whose
+        # errors the error-rate alert counts: then only the breaker alert fires); `dying` opens at 3.
+        settings = replace(
+            Settings(), retry_attempts=1, breaker_threshold=1_000_000, breaker_open_seconds=10.0,
+            services={"dying": f"127.0.0.1:{dying.port}"}, service_overrides={"dying": {"breaker_threshold": 3}},
+        )
+        upstream.instrument(tracer_provider=tracers, meter_provider=meters)
+        ours.instrument(settings=settings, tracer_provider=tracers, meter_provider=meters)
+
+        def hammer(url: str, timeout: float = 5.0) -> None:
+            with httpx.Client(timeout=timeout) as client:
+                while not stop.is_set():
+                    try:
+                        client.get(url)
+                    except httpx.HTTPError:
+                        pass
+                    stop.wait(0.05)
+
+        workers = [
+            threading.Thread(target=hammer, args=(f"http://127.0.0.1:{refused}/",), daemon=True),
+            threading.Thread(target=hammer, args=(f"{slow.url}/slow?delay=3", 1.2), daemon=True),
+            threading.Thread(target=hammer, args=(f"{unavailable.url}/status/503",), daemon=True),
+        ]
+        for worker in workers:
+            worker.start()
+
+        def by_port(firing: list[dict]) -> set[tuple[str, int]]:
+            return {(a["labels"]["alertname"], int(a["labels"]["server_port"])) for a in firing}
+
+        try:
+            with Prometheus(tmp_path, lambda: render_exposition(reader.get_metrics_data()), shorter_windows) as prom:
+                wanted = {
+                    ("HttpClientHighErrorRate", refused),  # ConnectError attempts: visible now
+                    ("HttpClientHighErrorRate", slow.port),  # ReadTimeout attempts
+                    ("HttpClientHighLatency", slow.port),  # ...and their durations
+                    ("HttpClientHighErrorRate", unavailable.port),
+                }
+                firing = prom.wait(lambda f: by_port(f) >= wanted, "the alerts of every failing downstream")
+                assert ("HttpClientHighLatency", refused) not in by_port(firing)  # refusals are fast
+                with httpx.Client() as client:
+                    for _ in range(3):
+                        client.get(f"{dying.url}/status/500")  # opens its breaker; then no traffic at all
+                prom.wait(lambda f: ("HttpClientCircuitBreakerOpen", dying.port) in by_port(f), "the breaker alert")
+                # No call to `dying` since: its breaker goes half-open on its own, and the alert resolves.
+                prom.wait(lambda f: ("HttpClientCircuitBreakerOpen", dying.port) not in by_port(f),
+                          "the breaker alert resolving with no traffic")
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=10)
+            ours.uninstrument()
+            upstream.uninstrument()

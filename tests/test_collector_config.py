@@ -337,3 +337,17 @@ def test_promtool_check_config():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "alerts.yml" in result.stdout
+
+
+def test_log_records_go_to_a_file_a_user_can_read(config, compose):
+    """The logs pipeline ends in collector/logs/logs.jsonl on the host, not only in the sampled debug output."""
+    (name,) = [n for n in config["service"]["pipelines"]["logs"]["exporters"] if component_type(n) == "file"]
+    path = config["exporters"][name]["path"]
+    directory = mounted(compose["services"]["otel-collector"], ROOT / "collector" / "logs")
+    assert path.endswith(f"{directory}/logs.jsonl}}") or f"{directory}/logs.jsonl" in path
+
+
+def test_prometheus_stores_exemplars(compose, config):
+    """Prometheus drops exemplars unless the feature is on; the collector exports them (OpenMetrics)."""
+    assert "--enable-feature=exemplar-storage" in compose["services"]["prometheus"]["command"]
+    assert config["exporters"]["prometheus"]["enable_open_metrics"] is True

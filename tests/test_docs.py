@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from otel_integration import _export_gate, _shutdown
 from otel_integration._client import budget, retry_log
 from otel_integration._client.breaker import shared
 from otel_integration._settings import Settings
@@ -27,3 +28,12 @@ def test_the_numbers_the_readme_gives_are_the_codes():
     assert retry_log.INTERVAL == 10.0 and "at most every 10 s on the `otel_integration.retries` logger" in README
     assert shared.INTERVAL == 0.5 and "adopts the others' every 0.5 s" in README
     assert shared.RETRY_BACKOFF == 5.0 and "Redis is retried every 5 s" in README
+
+
+def test_the_stopping_numbers_the_readme_gives_are_the_codes():
+    section = README[README.index("## Stopping and a missing collector"):README.index("## In a service")]
+    assert _shutdown.FLUSH_BUDGET == 5.0 and "flushed within 5 s" in section
+    assert _export_gate.RETRY_AFTER == 5.0 and "failed for 5 s" in section and "tried again every 5 s" in section
+    assert _export_gate.CONNECT_TIMEOUT == 1.0 and "caps connecting\nat 1 s" in section
+    assert _export_gate.UNPROVEN_TIMEOUT == 2.0 and "answering at 2 s" in section
+    assert _export_gate.EXIT_BUDGET == 2.0 and "one try within 2 s" in section

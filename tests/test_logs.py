@@ -120,6 +120,26 @@ def test_default_format_only_when_the_app_configured_nothing() -> None:
     assert handler not in root.handlers and len(root.handlers) == 1
 
 
+def test_basic_config_without_a_format_gets_ours() -> None:
+    """The issue's case: basicConfig(level=INFO), the most common set-up, lost the request ID."""
+    root = logging.getLogger()
+    root.handlers[:] = []
+    logs.install(Settings())
+    try:
+        logging.basicConfig(level=logging.INFO)
+        (handler,) = [h for h in root.handlers if not isinstance(h, logs._DefaultHandler)]
+        assert handler.formatter is not None and handler.formatter._fmt == logs.DEFAULT_FORMAT
+        root.handlers[:] = []
+        logging.basicConfig(format="%(levelname)s %(message)s")  # the app's own format wins
+        assert root.handlers[0].formatter._fmt == "%(levelname)s %(message)s"
+        root.handlers[:] = []
+        logging.basicConfig(style="{")  # another style: its default, not ours
+        assert root.handlers[0].formatter._fmt == "{levelname}:{name}:{message}"
+    finally:
+        root.handlers[:] = []
+        logs.uninstall()
+
+
 def test_no_default_format_when_the_app_has_handlers() -> None:
     root = logging.getLogger()
     root.handlers[:] = [logging.NullHandler()]

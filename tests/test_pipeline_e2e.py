@@ -327,15 +327,13 @@ def _demo_env() -> dict[str, str]:
 
 
 def test_demo_script_runs_to_completion(tmp_path: Path) -> None:
-    started = time.monotonic()
+    # A long open window: on a busy machine the down phase's calls must all meet the open breaker.
     proc = subprocess.run(
-        [sys.executable, str(PIPELINE / "demo.py"), "--workdir", str(tmp_path),
-         "--open-seconds", "1.5"],
-        env=_demo_env(), capture_output=True, text=True, timeout=90,
+        [sys.executable, str(PIPELINE / "demo.py"), "--workdir", str(tmp_path), "--open-seconds", "6"],
+        env=_demo_env(), capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert time.monotonic() - started < 60
     for marker in ("phase 1/4: healthy", "phase 4/4: recovered", "retry #2",
                    CIRCUIT_OPEN, "->open x1, ->half_open x1, ->closed x1",
                    "http://localhost:16686", "no service process left running"):
@@ -348,6 +346,9 @@ def test_demo_ctrl_c_stops_every_service(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(PIPELINE / "demo.py"), "--workdir", str(tmp_path)],
         env=_demo_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Like a terminal's Ctrl-C: a run started in the background (`cmd &` in a script)
+        # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     output = []
     try:

@@ -92,7 +92,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
         OTEL_BSP_SCHEDULE_DELAY="200",
         OTEL_BLRP_SCHEDULE_DELAY="200",
         OTEL_METRIC_EXPORT_INTERVAL="500",
-        OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true",
         OTEL_INTEGRATION_SERVICES=f"extract={urls['extract']},catalog={urls['catalog']}",
         EXTRACT_URL=urls["extract"],
         CATALOG_URL=urls["catalog"],

@@ -15,6 +15,7 @@ CASES = {
     "OTEL_INTEGRATION_ENABLED": ("false", False, "maybe"),
     "OTEL_INTEGRATION_REQUEST_ID_HEADER": ("X-Correlation-ID", "X-Correlation-ID", "X Request"),
     "OTEL_INTEGRATION_REQUEST_ID_INCOMING_HEADERS": ("X-A, X-B", ("X-A", "X-B"), "X-A,bad header"),
+    "OTEL_INTEGRATION_TIMEOUT": ("2.5", 2.5, "-1"),
     "OTEL_INTEGRATION_RETRY_ATTEMPTS": ("5", 5, "0"),
     "OTEL_INTEGRATION_RETRY_INITIAL_WAIT": ("0.5", 0.5, "-1"),
     "OTEL_INTEGRATION_RETRY_MAX_WAIT": ("2", 2.0, "nan"),

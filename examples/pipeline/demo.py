@@ -31,9 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from orchestrate import Phase, Pipeline, Result, pids_alive, trace_for  # noqa: E402
 
 JAEGER_URL = "http://localhost:16686"
-HIDDEN_SPAN_SUFFIXES = (" http send", " http receive")  # ASGI's per-message spans
-
-
 class Printer:
     def __init__(self, color: bool) -> None:
         self.color = color
@@ -70,11 +67,6 @@ def describe(result: Result, p: Printer) -> str:
     else:
         rid = f"(no ID sent) -> {result.response_request_id or '?':<18}"
     return f"  POST /documents  {rid} {result.elapsed_ms:6.0f} ms  {outcome}"
-
-
-def visible(spans: list[Any]) -> list[Any]:
-    return [s for s in spans
-            if not (s.kind == "INTERNAL" and s.name.endswith(HIDDEN_SPAN_SUFFIXES))]
 
 
 def pick_examples(results: list[Result]) -> list[tuple[str, Result]]:
@@ -231,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if pipe.receiver is not None:
         spans = pipe.receiver.spans()
         p.heading("traces (from the embedded receiver; ASGI send/receive spans hidden)")
-        from otel_integration.devtools.traceview import render_trace
+        from otel_integration.devtools.traceview import render_trace, visible
 
         for label, result in pick_examples(results):
             trace = visible(trace_for(spans, result.request_id))

@@ -33,9 +33,11 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, layer: ResilienceLayer | None = None) -> None:
         self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
         self.layer = layer if layer is not None else current()
+        # The upstream instrumentation measures this transport: its failed attempts are ours to record.
+        self._measured = isinstance(self.transport, httpx.AsyncHTTPTransport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        call = Call.begin(self.layer, request)
+        call = Call.begin(self.layer, request, self._measured)
         if call is None:
             return await self.transport.handle_async_request(request)
         refused = call.admit()

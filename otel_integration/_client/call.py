@@ -46,6 +46,8 @@ from otel_integration._redaction import redact_url_secrets
 from otel_integration.errors import CircuitOpenError, DownstreamUnhealthyError, IntegrationError, error_type
 
 EXTENSION = "otel_integration"
+# What a request carries when neither its client nor its caller set a timeout.
+_HTTPX_DEFAULT_TIMEOUT = httpx.Timeout(5.0).as_dict()
 _MAX_ATTEMPTS = 100
 _MAX_DEADLINE = 86400.0
 
@@ -85,26 +87,29 @@ class Call:
 
     __slots__ = (
         "layer", "request", "downstream", "attempts", "can_retry", "deadline_at", "replayable", "made",
-        "retries", "withdrawn", "first_info", "_permit", "_started", "_token", "_outcomes",
+        "retries", "withdrawn", "first_info", "measured", "_permit", "_started", "_elapsed", "_token", "_outcomes",
     )
 
     @classmethod
-    def begin(cls, layer: ResilienceLayer, request: httpx.Request) -> Call | None:
+    def begin(cls, layer: ResilienceLayer, request: httpx.Request, measured: bool = False) -> Call | None:
         """The call, or None if our own code failed: then the request goes out unprotected.
 
         A bug in the distro must never fail the user's request: it is logged
         once and the call bypasses the layer.
         """
         try:
-            return cls(layer, request)
+            return cls(layer, request, measured)
         except Exception:
             if layer.log_once("begin"):
                 _logger.exception("otel-integration: could not set up retries for a request; sending it unprotected")
             return None
 
-    def __init__(self, layer: ResilienceLayer, request: httpx.Request) -> None:
+    def __init__(self, layer: ResilienceLayer, request: httpx.Request, measured: bool = False) -> None:
         self.layer = layer
         self.request = request
+        # The inner transport is one the upstream instrumentation measures (an
+        # httpx.HTTPTransport): its failed attempts are ours to record.
+        self.measured = measured
         settings = layer.settings
         # The correlation ID, fixed for every attempt. A header the caller set is
         # theirs: sent unchanged, and recorded only if valid. Otherwise the current
@@ -121,6 +126,9 @@ class Call:
             url.host, url.port or (443 if url.scheme == "https" else 80)
         )
         settings = downstream.settings
+        if settings.timeout and request.extensions.get("timeout") == _HTTPX_DEFAULT_TIMEOUT:
+            # The caller set no timeout of their own: the configured one, for every attempt.
+            request.extensions = {**request.extensions, "timeout": dict.fromkeys(_HTTPX_DEFAULT_TIMEOUT, settings.timeout)}
         attempts = settings.retry_attempts
         deadline = settings.retry_deadline
         retry = True
@@ -141,6 +149,7 @@ class Call:
         )
         self._permit: Permit | None = None
         self._started = 0.0
+        self._elapsed = 0.0
         self._token: Any = None
         self._outcomes: list[AttemptOutcome] = []  # raised through stamina: see `finish`
         downstream.budget.record_call()
@@ -252,6 +261,8 @@ class Call:
         """The attempt raised: its outcome if it may be retried, else None (re-raise it as is)."""
         try:
             self._end(Outcome.FAILURE if policy.fails_downstream(error) else Outcome.NONE, error_type(type(error)))
+            if self.measured:
+                self.layer.failed_attempts.record(self.request, self._elapsed, error)
             if (
                 isinstance(error, Exception)
                 and self.made < self.attempts_allowed()
@@ -272,11 +283,12 @@ class Call:
         if self._token is not None:
             current_attempt.reset(self._token)
             self._token = None
+        self._elapsed = time.perf_counter() - self._started
         permit, self._permit = self._permit, None
         if permit is not None:
             self.downstream.breaker.settle(permit, verdict)
         if self.layer.keeps_stats:
-            self.downstream.stats.record((time.perf_counter() - self._started) * 1000, error)
+            self.downstream.stats.record(self._elapsed * 1000, error)
 
     def attempts_allowed(self) -> int:
         """In stamina's testing mode stamina decides the number of attempts (of a call that may retry)."""

@@ -23,6 +23,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_integration import _auth as auth
+from otel_integration._client.attempt_metrics import FailedAttempts
 from otel_integration._client.breaker import Breaker
 from otel_integration._client.breaker.shared import RedisSync
 from otel_integration._client.downstreams import Downstream, Downstreams
@@ -59,6 +60,7 @@ class ResilienceLayer:
             breaker_states=lambda options: _observe(this, ResilienceLayer._breaker_states, options),
             probe_results=lambda options: _observe(this, ResilienceLayer._probe_results, options),
         )
+        self.failed_attempts = FailedAttempts(meter_provider)
         self.shared: RedisSync | None = None
         if settings.breaker_storage != "memory":
             if redis_client_available():

@@ -21,9 +21,11 @@ class ResilientTransport(httpx.BaseTransport):
     def __init__(self, transport: httpx.BaseTransport | None = None, layer: ResilienceLayer | None = None) -> None:
         self.transport = transport if transport is not None else httpx.HTTPTransport()
         self.layer = layer if layer is not None else current()
+        # The upstream instrumentation measures this transport: its failed attempts are ours to record.
+        self._measured = isinstance(self.transport, httpx.HTTPTransport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        call = Call.begin(self.layer, request)
+        call = Call.begin(self.layer, request, self._measured)
         if call is None:
             return self.transport.handle_request(request)
         refused = call.admit()

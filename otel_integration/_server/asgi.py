@@ -81,9 +81,13 @@ async def handle(core: Correlator, scope: dict[str, Any], receive: Callable[...,
             return
         try:
             await app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as error:
             if not started and scope["type"] == "http":
                 await _send_internal_error(send_with_id)
+            # The server logs the traceback after the request's context is gone: a note
+            # (printed with the traceback, Python 3.11+) keeps the request ID in it.
+            if hasattr(error, "add_note"):
+                error.add_note(f"request_id={request_id}")
             raise
         finally:
             state.stamp()

@@ -20,6 +20,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from otel_integration import _auth as auth
+from otel_integration import _shutdown
 from otel_integration import _logs as logs
 from otel_integration._server import asgi, wsgi
 from otel_integration._server.correlation import Correlator, deactivate_span_processors
@@ -36,6 +37,7 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _patched: list[tuple[Any, str]] = []
+    _restores: list[Callable[[], None]] = []
     settings: Settings | None = None
 
     def instrumentation_dependencies(self) -> tuple[str, ...]:
@@ -63,6 +65,9 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if original is not None:
                 setattr(owner, name, original)
         ServerInstrumentor._patched = []
+        for restore in ServerInstrumentor._restores:
+            restore()
+        ServerInstrumentor._restores = []
         deactivate_span_processors()
         logs.uninstall()
         ServerInstrumentor.settings = None
@@ -106,6 +111,12 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return result
 
         self._wrap(Config, "load", load)
+        from uvicorn.server import Server
+
+        # Telemetry of the last requests is flushed once uvicorn has shut down, before
+        # it re-raises the stop signal (also in uvicorn workers under gunicorn).
+        self._wrap(Server, "shutdown", _shutdown.flush_after)
+        _request_id_in_uvicorn_access_log(core.settings)
 
     def _patch_flask(self, core: Correlator) -> None:
         Flask = _original_class("flask.app", "Flask")
@@ -119,6 +130,19 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return wsgi.handle(core, environ, start_response, wrapped, True)
 
         self._wrap(Flask, "wsgi_app", wsgi_app)
+
+
+def _request_id_in_uvicorn_access_log(settings: Settings) -> None:
+    """uvicorn's default access log line ends with the request ID (the record carries it; its format did not)."""
+    if not settings.log_correlation:
+        return
+    from uvicorn.config import LOGGING_CONFIG
+
+    access = LOGGING_CONFIG.get("formatters", {}).get("access")
+    if isinstance(access, dict) and "request_id" not in access.get("fmt", "request_id"):
+        original = access["fmt"]
+        access["fmt"] = original + " request_id=%(request_id)s"
+        ServerInstrumentor._restores.append(lambda: access.__setitem__("fmt", original))
 
 
 def _original_class(module_name: str, name: str) -> Any:
