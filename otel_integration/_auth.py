@@ -21,6 +21,7 @@ instrumentations redact it even when told to capture every header.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -37,18 +38,32 @@ SENSITIVE_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cook
 _MAX_AUTHORIZATION_LENGTH = 16 * 1024
 
 
+# RFC 9110 §11.4 and §11.6.2: credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ].
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# Not starting with a quote, so that a quoted string has one reading only (no backtracking blow-up).
+_VISIBLE_BUT_COMMA = r"[\x21\x23-\x2b\x2d-\x7e][\x21-\x2b\x2d-\x7e]*"
+# A parameter's value: a token in the RFC; AWS Signature V4 puts "/" in it, so any visible character but ",".
+_PARAM = rf"{_TOKEN}[ \t]*=[ \t]*(?:\"(?:[^\"\\]|\\.)*\"|{_VISIBLE_BUT_COMMA})"
+_ONE_CREDENTIALS = re.compile(
+    # token68, loosened the same way (SharedKey account:signature)
+    rf"{_TOKEN}(?: +(?:{_PARAM}(?:[ \t]*,[ \t]*{_PARAM})*|{_VISIBLE_BUT_COMMA}))?", re.ASCII
+)
+
+
 def valid_authorization(value: object) -> str | None:
-    """A header value that is safe to copy onto another request, else None."""
+    """A header value that is safe to copy onto another request, else None.
+
+    It must be one set of credentials: a repeated header that the server
+    joined with ``,`` (WSGI servers do; ``Bearer a,Bearer b``) is ambiguous,
+    so nothing is forwarded.
+    """
     if isinstance(value, bytes):
-        try:
-            value = value.decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes everything
-            return None
+        value = value.decode("latin-1")
     if not isinstance(value, str) or not value or len(value) > _MAX_AUTHORIZATION_LENGTH:
         return None
-    if any(c in value for c in "\r\n\0"):
+    if _ONE_CREDENTIALS.fullmatch(value.strip(" \t")) is None:
         return None
-    return value
+    return value.strip(" \t")
 
 
 def set_incoming_authorization(value: str, context: Context | None = None) -> Context:

@@ -27,11 +27,16 @@ from opentelemetry.environment_variables import (
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_integration._propagation import RequestIdPropagator
+from otel_integration._redaction import Redactor
+from otel_integration._scrubbing import Scrubber, ScrubbingLogExporter, ScrubbingSpanExporter
+from otel_integration._tracecontext import W3CTraceContextPropagator
 from otel_integration._settings import Settings, fix_otel_environment
 from otel_integration import _export_gate, _shutdown
 from otel_integration._client.tracing import AttemptSpanProcessor
@@ -72,13 +77,25 @@ def apply_environment_defaults(environ: MutableMapping[str, str] = os.environ) -
         # opentelemetry.propagate read OTEL_PROPAGATORS when it was imported,
         # possibly before the default above existed (opentelemetry-python #4679).
         propagate.set_global_textmap(default_propagator(settings))
+    else:
+        propagate.set_global_textmap(conformant(propagate.get_global_textmap()))
 
 
 def default_propagator(settings: Settings) -> CompositePropagator:
-    propagators: list[TextMapPropagator] = [TraceContextTextMapPropagator(), W3CBaggagePropagator()]
+    propagators: list[TextMapPropagator] = [W3CTraceContextPropagator(), W3CBaggagePropagator()]
     if settings.enabled:
         propagators.append(RequestIdPropagator(settings.request_id_header, settings.request_id_incoming_headers))
     return CompositePropagator(propagators)
+
+
+def conformant(propagator: TextMapPropagator) -> TextMapPropagator:
+    """`propagator` with the SDK's ``tracecontext`` replaced by `W3CTraceContextPropagator` (same format, spec-conformant extract)."""
+    if type(propagator) is TraceContextTextMapPropagator:
+        return W3CTraceContextPropagator()
+    inner = getattr(propagator, "_propagators", None)
+    if isinstance(propagator, CompositePropagator) and isinstance(inner, list):
+        return CompositePropagator([conformant(p) for p in inner])
+    return propagator
 
 
 class OtelIntegrationDistro(BaseDistro):  # type: ignore[misc]
@@ -99,6 +116,12 @@ class OtelIntegrationConfigurator(_OTelSDKConfigurator):
         # The OTLP/HTTP exporters send through the export gate (a dead collector costs no time);
         # what the caller passes for an exporter class wins.
         exporter_args = {**_export_gate.exporter_arguments(), **(kwargs.pop("exporter_args_map", None) or {})}
+        # Every exporter sends what the scrubber made of the telemetry (secrets, control characters).
+        scrubber = Scrubber(Redactor(Settings.from_env(log=False).redact_query_params))
+        span_processor = kwargs.pop("export_span_processor", None) or BatchSpanProcessor
+        log_processor = kwargs.pop("export_log_record_processor", None) or BatchLogRecordProcessor
+        kwargs["export_span_processor"] = lambda exporter: span_processor(ScrubbingSpanExporter(exporter, scrubber))
+        kwargs["export_log_record_processor"] = lambda exporter: log_processor(ScrubbingLogExporter(exporter, scrubber))
         try:
             super()._configure(span_processors=processors, exporter_args_map=exporter_args, **kwargs)  # type: ignore[no-untyped-call]
         except Exception:

@@ -7,7 +7,8 @@ black-holed collector). The distro hands each OTLP/HTTP exporter a
 `GatedSession` (the exporters' own ``session`` argument), and all of them
 share one `ExportGate` per endpoint:
 
-- a connection error or timeout closes the gate: for `RETRY_AFTER` seconds
+- a connection error, a timeout or an answer the exporters would retry
+  (`UNAVAILABLE_STATUSES`: 429, 502, 503, 504) closes the gate: for `RETRY_AFTER` seconds
   exports are not sent at all (the exporter gets an answer it does not retry,
   at once), then one export tries again; one WARNING says where telemetry
   could not be sent and how to start a receiver, one INFO when it works again;
@@ -39,7 +40,9 @@ CONNECT_TIMEOUT = 1.0  # seconds
 UNPROVEN_TIMEOUT = 2.0  # seconds to answer, until the endpoint has answered once
 RETRY_AFTER = 5.0  # seconds without sending once the endpoint failed
 EXIT_BUDGET = 2.0  # seconds for the exports made while exiting normally
-# Not retried by the OTLP exporters (they retry 429, 502, 503, 504 and connection errors).
+# The answers the OTLP exporters retry (with connection errors): the gate closes on them.
+UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
+# Not retried by the OTLP exporters.
 _REFUSED_STATUS = 599
 REFUSED_REASON = "not sent by otel-integration: the OTLP endpoint is unreachable"
 
@@ -172,8 +175,10 @@ class GatedSession(requests.Session):
             return _refused(target)
         if 200 <= response.status_code < 300:
             gate.worked()
-        elif gate.exit_deadline is not None:
-            # Exiting: no retry of a refused export, and one line to say so.
+        elif response.status_code in UNAVAILABLE_STATUSES or gate.exit_deadline is not None:
+            # An endpoint that says it cannot take telemetry now is treated as one that is down
+            # (the exporters would retry each batch with a warning per retry); exiting, any
+            # refusal gets no retry. One line says so.
             gate.failed(_Answered(response.status_code))
             return _refused(target)
         return response

@@ -22,7 +22,11 @@ the root logger; a later ``logging.basicConfig()`` / ``dictConfig()`` /
 ``fileConfig()`` by the app removes it again, so the app's own configuration
 always wins. Where the app gives no format of its own (``basicConfig(level=...)``,
 the most common set-up), its handler gets `DEFAULT_FORMAT`, so its lines still
-show the request ID. ``OTEL_INTEGRATION_LOG_CORRELATION=false`` turns all of it off.
+show the request ID. ``OTEL_INTEGRATION_LOG_CORRELATION=false`` turns all of it off
+(the IDs are then empty strings).
+
+The same factory makes each record safe to write (`_log_safety.py`): that
+part stays on whatever the settings, while the distro is enabled.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from typing import Any, cast
 
 from opentelemetry import trace
 
+from otel_integration._log_safety import make_safe, use_redactor
 from otel_integration._propagation import get_request_id
+from otel_integration._redaction import Redactor
 from otel_integration._settings import Settings
 
 DEFAULT_FORMAT = (
@@ -54,12 +60,16 @@ def correlation_ids() -> tuple[str, str, str]:
     return request_id, "", ""
 
 
-def _make_factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+def _make_factory(previous: Callable[..., logging.LogRecord], correlate: bool = True) -> Callable[..., logging.LogRecord]:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         try:
-            request_id, trace_id, span_id = correlation_ids()
+            make_safe(record)
         except Exception:  # noqa: BLE001 - logging must never fail because of us
+            pass
+        try:
+            request_id, trace_id, span_id = correlation_ids() if correlate else ("", "", "")
+        except Exception:  # noqa: BLE001
             request_id = trace_id = span_id = ""
         record.request_id = request_id
         record.trace_id = trace_id
@@ -77,11 +87,11 @@ class _DefaultHandler(logging.StreamHandler):  # type: ignore[type-arg]
 _state: dict[str, Any] = {"handler": None, "config_functions": None}
 
 
-def install_record_factory() -> None:
+def install_record_factory(correlate: bool = True) -> None:
     current = logging.getLogRecordFactory()
     if getattr(current, _FACTORY_MARK, None) is not None:
         return
-    logging.setLogRecordFactory(_make_factory(current))
+    logging.setLogRecordFactory(_make_factory(current, correlate))
 
 
 def uninstall_record_factory() -> None:
@@ -180,11 +190,10 @@ _users = {"count": 0}  # the client and the server instrumentors both install it
 
 def install(settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env(log=False)
-    if not settings.log_correlation:
-        return
     _users["count"] += 1
-    install_record_factory()
-    if settings.log_format:
+    use_redactor(Redactor(settings.redact_query_params))
+    install_record_factory(correlate=settings.log_correlation)
+    if settings.log_correlation and settings.log_format:
         install_default_format()
         _wrap_config_functions()
 

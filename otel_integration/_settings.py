@@ -126,6 +126,15 @@ def _names(raw: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _parameter_names(raw: str) -> frozenset[str]:
+    """`session_key, X-Signature` -> {"session_key", "x-signature"}: URL parameter names, matched normalised."""
+    names = {p.strip() for p in raw.split(",") if p.strip()}
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9%._~!$'()*+:@/?-]{1,64}", name, re.ASCII):
+            raise ValueError
+    return frozenset(names)
+
+
 def _services(raw: str) -> dict[str, str]:
     """`extract=http://extract:8081,catalog=catalog:8082` -> {name: "host:port"}."""
     services: dict[str, str] = {}
@@ -327,6 +336,10 @@ class Settings:
     auth_forward_to: frozenset[str] = _option(
         "AUTH_FORWARD_TO", frozenset(), _names, "logical names or host[:port] values, comma-separated",
         "Forward the incoming Authorization header only to these downstreams (empty: off).",
+    )
+    redact_query_params: frozenset[str] = _option(
+        "REDACT_QUERY_PARAMS", frozenset(), _parameter_names, "parameter names separated by commas",
+        "More query and fragment parameters whose values are exported as REDACTED, besides the built-in list.",
     )
     log_correlation: bool = _option(
         "LOG_CORRELATION", True, _bool, "true or false",

@@ -22,6 +22,8 @@ from otel_integration._client import layer as layers  # noqa: E402
 from otel_integration._client.layer import ResilienceLayer  # noqa: E402
 from otel_integration._settings import Settings  # noqa: E402
 from otel_integration._client.tracing import HTTPX_SCOPE, AttemptSpanProcessor  # noqa: E402
+from otel_integration._redaction import Redactor  # noqa: E402
+from otel_integration._scrubbing import Scrubber, ScrubbingSpanExporter  # noqa: E402
 from tests.peers import QuickFaultServer  # noqa: E402
 
 
@@ -133,7 +135,9 @@ def instrument() -> Iterator:
         exporter = InMemorySpanExporter()
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(AttemptSpanProcessor())
-        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        # As the configurator exports: through the scrubber.
+        scrubber = Scrubber(Redactor(settings.redact_query_params))
+        tracer_provider.add_span_processor(SimpleSpanProcessor(ScrubbingSpanExporter(exporter, scrubber)))
         reader = InMemoryMetricReader()
         meter_provider = MeterProvider(metric_readers=[reader])
         upstream = HTTPXClientInstrumentor()

@@ -33,7 +33,27 @@ def test_the_numbers_the_readme_gives_are_the_codes():
 def test_the_stopping_numbers_the_readme_gives_are_the_codes():
     section = README[README.index("## Stopping and a missing collector"):README.index("## In a service")]
     assert _shutdown.FLUSH_BUDGET == 5.0 and "flushed within 5 s" in section
-    assert _export_gate.RETRY_AFTER == 5.0 and "failed for 5 s" in section and "tried again every 5 s" in section
+    assert _export_gate.RETRY_AFTER == 5.0 and "would retry) for 5 s" in section and "tried again every 5 s" in section
+    assert sorted(_export_gate.UNAVAILABLE_STATUSES) == [429, 502, 503, 504] and "429, 502, 503 or 504" in section
     assert _export_gate.CONNECT_TIMEOUT == 1.0 and "caps connecting\nat 1 s" in section
     assert _export_gate.UNPROVEN_TIMEOUT == 2.0 and "answering at 2 s" in section
     assert _export_gate.EXIT_BUDGET == 2.0 and "one try within 2 s" in section
+
+
+def test_the_reliability_table_counts_what_the_tests_send():
+    from otel_integration._escape import MAX_LOGGED_LENGTH
+    from tests import test_hostile_headers, test_redaction, test_secrets_e2e, test_tracecontext
+
+    table = (REPO / "docs" / "reliability.md").read_text()
+    assert f"| {len(test_tracecontext.TRACEPARENT_CASES)} cases: missing, valid" in table
+    assert f"| {len(test_tracecontext.FLAGS_CASES)} cases: sampled" in table
+    assert f"| {len(test_tracecontext.TRACESTATE_CASES)} cases: without" in table
+    assert f"then {test_hostile_headers.FUZZ_EXAMPLES} fuzzed requests" in table
+    headers = len(test_hostile_headers.TELEMETRY_HEADERS) + len(test_hostile_headers.EXTRA_FUZZED_HEADERS)
+    assert f"in up to {test_hostile_headers.MAX_FUZZED_HEADERS} of {headers} headers" in table
+    spellings = next(m for m in test_redaction.test_a_secret_parameter_in_any_spelling_is_redacted.pytestmark
+                     if m.name == "parametrize").args[1]
+    assert f"{len(spellings)} spellings" in table
+    for spelling in test_secrets_e2e.SPELLINGS:
+        assert f"`{spelling}`" in table
+    assert f"cut to {MAX_LOGGED_LENGTH} characters" in table

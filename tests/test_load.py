@@ -102,22 +102,27 @@ def test_fifty_threads_one_trial(downstream, layer, clock):
     breaker = layer.downstreams.get("127.0.0.1", port).breaker
     stop = threading.Event()
     refused, errors = [0], [0]
+    refused_by = [0] * 50
     client = httpx.Client(transport=ResilientTransport(httpx.HTTPTransport(limits=httpx.Limits(max_connections=100)), layer))
 
-    def hammer() -> None:
+    def hammer(index: int) -> None:
         while not stop.is_set():
             try:
                 client.get(downstream.url, timeout=30)
             except CircuitOpenError:
                 refused[0] += 1
+                refused_by[index] += 1
             except httpx.HTTPError:
                 errors[0] += 1
 
-    threads = [threading.Thread(target=hammer) for _ in range(50)]
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(50)]
     for t in threads:
         t.start()
     try:
         wait_until(lambda: breaker.state() == "open", what="the breaker opening under load")
+        # Calls admitted before it opened may still be on their way (a busy machine): once every
+        # thread has been refused, none is, and the only request the downstream sees next is the trial.
+        wait_until(lambda: all(refused_by) and downstream.in_flight == 0, what="every caller refused")
         downstream.up()
         before = refused[0]
         clock.advance(31)  # half-open: one trial, held at the downstream
@@ -143,15 +148,17 @@ def test_five_hundred_tasks_one_trial_and_recovery_during_the_loop(downstream, l
         stop = asyncio.Event()
         refused, errors = [0], [0]
         transport = AsyncResilientTransport(httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=600)), layer)
+        refused_by = [0] * 500
         async with httpx.AsyncClient(transport=transport, timeout=30) as client:
 
-            async def hammer() -> None:
+            async def hammer(index: int) -> None:
                 while not stop.is_set():
                     try:
                         if (await client.get(downstream.url)).status_code == 200:
                             return  # recovered: this caller is done
                     except CircuitOpenError:
                         refused[0] += 1
+                        refused_by[index] += 1
                     except httpx.HTTPError:
                         errors[0] += 1
 
@@ -162,9 +169,11 @@ def test_five_hundred_tasks_one_trial_and_recovery_during_the_loop(downstream, l
                     await asyncio.sleep(0.01)
                 pytest.fail(f"{what} not met", pytrace=False)
 
-            tasks = [asyncio.ensure_future(hammer()) for _ in range(500)]
+            tasks = [asyncio.ensure_future(hammer(i)) for i in range(500)]
             try:
                 await until(lambda: breaker.state() == "open", "the breaker opening under load")
+                # As with the threads: no call admitted before the opening is still on its way.
+                await until(lambda: all(refused_by) and downstream.in_flight == 0, "every caller refused")
                 downstream.up()
                 before = refused[0]
                 clock.advance(31)

@@ -152,12 +152,25 @@ def test_opentelemetry_logging_handler_does_not_count_as_app_configuration() -> 
     assert logs.install_default_format(io.StringIO()) is not None
 
 
-def test_opt_out() -> None:
+def test_opt_out_leaves_the_ids_empty_and_adds_no_handler() -> None:
     from dataclasses import replace
 
-    before = logging.getLogRecordFactory()
+    from opentelemetry import context
+
+    from otel_integration._propagation import set_request_id
+
+    handlers = list(logging.getLogger().handlers)
     logs.install(replace(Settings(), log_correlation=False))
-    assert logging.getLogRecordFactory() is before
+    try:
+        token = context.attach(set_request_id("opt-out-1"))
+        try:
+            record = logging.getLogger("app").makeRecord("app", logging.INFO, __file__, 1, "m", (), None)
+        finally:
+            context.detach(token)
+        assert record.request_id == ""  # type: ignore[attr-defined]
+        assert logging.getLogger().handlers == handlers
+    finally:
+        logs.uninstall()
 
 
 def test_install_is_idempotent_and_uninstall_restores() -> None:

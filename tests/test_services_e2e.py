@@ -6,77 +6,21 @@ all served by uvicorn on 127.0.0.1, with no OpenTelemetry code in the apps.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from otel_integration.devtools.receiver import OTLPReceiver
+from tests.launched import LaunchedService, free_port, service_env, uvicorn_argv
+from tests.launched import raw_request as send_raw
 from tests.peers import wait_until
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "Bearer e2e-secret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launcher() -> str:
-    sibling = Path(sys.executable).parent / "opentelemetry-instrument"
-    if sibling.exists():
-        return str(sibling)
-    from tests.peers import require_binary
-
-    return require_binary("opentelemetry-instrument")
-
-
-class Service:
-    def __init__(self, name: str, module: str, port: int, env: dict[str, str], logdir: Path) -> None:
-        self.name, self.port = name, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = logdir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [launcher(), sys.executable, "-m", "uvicorn", f"tests.apps.{module}:app",
-             "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited:\n{self.log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"{self.name} did not start:\n{self.log_path.read_text()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -85,31 +29,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     receiver = OTLPReceiver().start()
     ports = {name: free_port() for name in ("front", "extract", "catalog")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST"))}
-    base.update(
-        PYTHONPATH=str(ROOT),
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        OTEL_BSP_SCHEDULE_DELAY="200",
-        OTEL_BLRP_SCHEDULE_DELAY="200",
-        OTEL_METRIC_EXPORT_INTERVAL="500",
+    common = dict(
         OTEL_INTEGRATION_SERVICES=f"extract={urls['extract']},catalog={urls['catalog']}",
         EXTRACT_URL=urls["extract"],
         CATALOG_URL=urls["catalog"],
     )
-    front_env = {
-        **base,
-        "OTEL_SERVICE_NAME": "front",
-        "OTEL_INTEGRATION_AUTH_FORWARD_TO": "extract",
-        "OTEL_INTEGRATION_HEALTH_PATH": "/healthz",
-        "OTEL_INTEGRATION_RETRY_ATTEMPTS": "1",
-        "OTEL_INTEGRATION_BREAKER_THRESHOLD": "2",
+    front_env = service_env(
+        receiver.endpoint, "front", **common,
+        OTEL_INTEGRATION_AUTH_FORWARD_TO="extract",
+        OTEL_INTEGRATION_HEALTH_PATH="/healthz",
+        OTEL_INTEGRATION_RETRY_ATTEMPTS="1",
+        OTEL_INTEGRATION_BREAKER_THRESHOLD="2",
         # Long enough that a busy machine still sees it open; the test polls for half-open.
-        "OTEL_INTEGRATION_BREAKER_OPEN_SECONDS": "6",
-    }
+        OTEL_INTEGRATION_BREAKER_OPEN_SECONDS="6",
+    )
+
+    def start(name: str, env: dict[str, str]) -> LaunchedService:
+        argv = uvicorn_argv(f"tests.apps.{name}:app", ports[name], "--no-access-log")
+        return LaunchedService(name, argv, ports[name], env, logdir)
+
     services = [
-        Service("catalog", "catalog", ports["catalog"], {**base, "OTEL_SERVICE_NAME": "catalog"}, logdir),
-        Service("extract", "extract", ports["extract"], {**base, "OTEL_SERVICE_NAME": "extract"}, logdir),
-        Service("front", "front", ports["front"], front_env, logdir),
+        start("catalog", service_env(receiver.endpoint, "catalog", **common)),
+        start("extract", service_env(receiver.endpoint, "extract", **common)),
+        start("front", front_env),
     ]
     try:
         deadline = time.monotonic() + 60  # generous: three launchers starting on a busy machine
@@ -193,18 +135,7 @@ def test_missing_request_id_is_generated_once_for_all_hops(stack: Any) -> None:
 
 
 def raw_request(port: int, header_line: bytes) -> tuple[int, dict[str, str], bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET /process HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header_line + b"Connection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, body
+    return send_raw(port, b"GET /process HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header_line + b"Connection: close\r\n\r\n")
 
 
 @pytest.mark.parametrize(

@@ -192,15 +192,19 @@ class BlackHole:
 
 
 class Unavailable:
-    """A collector that answers every export with 503."""
+    """A collector that answers every export with 503 (or `status`), counting them."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 503) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.requests = 0
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 self.rfile.read(int(self.headers.get("content-length") or 0))
-                self.send_response(503)
+                outer.requests += 1
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -42,7 +42,6 @@ from otel_integration._client.probes import first_result_wait
 from otel_integration._client.layer import ResilienceLayer
 from otel_integration._client.tracing import AttemptInfo, current_attempt, record_rejected_call
 from otel_integration._propagation import get_request_id, new_request_id, valid_request_id
-from otel_integration._redaction import redact_url_secrets
 from otel_integration.errors import CircuitOpenError, DownstreamUnhealthyError, IntegrationError, error_type
 
 EXTENSION = "otel_integration"
@@ -222,7 +221,7 @@ class Call:
             method=self.request.method,
             host=self.downstream.host,
             port=self.downstream.port,
-            url=redact_url_secrets(str(self.request.url)),
+            url=str(self.request.url),  # redacted on export, with every span
             error=error,
             attempt=self._info(),
         )

@@ -9,8 +9,8 @@ conventions), the correlation ID as `http.request.header.x-request-id` (the
 semconv form of a captured header; the upstream header capture would write
 `x_request_id`) and `peer.service` for logically named downstreams.
 
-It also redacts secrets in URLs (`_redaction.py`) on the spans as they start
-(`url.full`, `url.query`).
+Secrets in URLs are redacted on the export path (`_scrubbing.py`), where the
+final attribute values are known.
 
 A call that never reaches the network (refused by an open breaker or a failing
 probe) has no upstream span; `record_rejected_call` creates the CLIENT span for it.
@@ -25,7 +25,6 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Span
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otel_integration._redaction import redact_query, redact_url_secrets
 from otel_integration._telemetry import StartOnlySpanProcessor
 
 from otel_integration.errors import error_type
@@ -68,31 +67,22 @@ class AttemptSpanProcessor(StartOnlySpanProcessor):
     """Annotates httpx CLIENT spans with the attempt published by the transport."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        kind = span.kind
-        if kind is SpanKind.CLIENT:
-            attributes = span.attributes
-            url = attributes.get("url.full") if attributes is not None else None
-            if isinstance(url, str) and "?" in url:
-                span.set_attribute("url.full", redact_url_secrets(url))
-            attempt = current_attempt.get()
-            if attempt is None:
-                return
-            scope = span.instrumentation_scope
-            if scope is None or scope.name != HTTPX_SCOPE:
-                return
-            if attempt.request_id is not None:
-                span.set_attribute(attempt.request_id_attribute, attempt.request_id)
-            if attempt.resend_count:
-                span.set_attribute(RESEND_COUNT, attempt.resend_count)
-            if attempt.peer_service:
-                span.set_attribute(PEER_SERVICE, attempt.peer_service)
-            if attempt.body_not_replayable:
-                span.set_attribute(REQUEST_BODY_NOT_REPLAYABLE, True)
-        elif kind is SpanKind.SERVER:
-            attributes = span.attributes
-            query = attributes.get("url.query") if attributes is not None else None
-            if isinstance(query, str) and query:
-                span.set_attribute("url.query", redact_query(query))
+        if span.kind is not SpanKind.CLIENT:
+            return
+        attempt = current_attempt.get()
+        if attempt is None:
+            return
+        scope = span.instrumentation_scope
+        if scope is None or scope.name != HTTPX_SCOPE:
+            return
+        if attempt.request_id is not None:
+            span.set_attribute(attempt.request_id_attribute, attempt.request_id)
+        if attempt.resend_count:
+            span.set_attribute(RESEND_COUNT, attempt.resend_count)
+        if attempt.peer_service:
+            span.set_attribute(PEER_SERVICE, attempt.peer_service)
+        if attempt.body_not_replayable:
+            span.set_attribute(REQUEST_BODY_NOT_REPLAYABLE, True)
 
 
 def record_rejected_call(

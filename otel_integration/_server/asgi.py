@@ -19,7 +19,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
-from otel_integration._server import health
+from otel_integration._server import health, shield
 from otel_integration._server.correlation import INTERNAL_ERROR_BODY, SCOPE_KEY, Correlator, current_request
 from otel_integration._settings import Settings
 
@@ -40,6 +40,7 @@ async def handle(core: Correlator, scope: dict[str, Any], receive: Callable[...,
     if scope.get("type") not in ("http", "websocket") or SCOPE_KEY in scope:
         await app(scope, receive, send)
         return
+    shield.ensure()
     headers = scope.get("headers") or ()
 
     def lookup(name: str) -> list[Any]:

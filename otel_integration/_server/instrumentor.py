@@ -22,7 +22,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otel_integration import _auth as auth
 from otel_integration import _shutdown
 from otel_integration import _logs as logs
-from otel_integration._server import asgi, wsgi
+from otel_integration._server import asgi, shield, wsgi
 from otel_integration._server.correlation import Correlator, deactivate_span_processors
 from otel_integration._settings import Settings
 
@@ -69,6 +69,7 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             restore()
         ServerInstrumentor._restores = []
         deactivate_span_processors()
+        shield.uninstall()
         logs.uninstall()
         ServerInstrumentor.settings = None
 
