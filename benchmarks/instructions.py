@@ -240,8 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="three unit counts, e.g. 100,600,1100")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="counted runs in parallel")
     parser.add_argument("--no-write", action="store_true", help="print only: keep docs and last_run/ as they are")
+    parser.add_argument(
+        "--check-only", action="store_true",
+        help="no counting (no valgrind needed): run each configuration once and check it does what it claims",
+    )
     args = parser.parse_args(argv)
-    if not callgrind.available():
+    if not args.check_only and not callgrind.available():
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
     sizes = tuple(int(s) for s in args.sizes.split(","))
@@ -254,10 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     for name in sorted({c.venv for c in configs}):
-        venvs.warm(venvs.ensure(name))
+        venv = venvs.ensure(name)
+        if not args.check_only:
+            venvs.warm(venv)
     facts = {}
     for config in configs:  # one after the other: these may still write .pyc files
         facts[config.key] = check(config)
+    if args.check_only:
+        print(json.dumps(facts, indent=1, sort_keys=True))
+        return 0
     print(f"[instructions] {len(configs)} configurations checked; counting {len(configs) * 3} runs ...", flush=True)
 
     jobs = [(c, n) for n in sorted(sizes, reverse=True) for c in configs]  # longest first
