@@ -61,6 +61,19 @@ def _extra_self(run: list[Import], extra: set[str]) -> dict[str, int]:
     return totals
 
 
+def _outermost(run: list[Import]) -> dict[str, Import]:
+    """One line per module: the outermost (largest cumulative) of its lines.
+
+    ``from pkg.sub import x`` prints ``pkg.sub`` twice when ``pkg/__init__`` imports
+    ``pkg.sub`` itself: once inside ``pkg``, once around ``pkg`` (the outer one holds it all).
+    """
+    chosen: dict[str, Import] = {}
+    for i in run:
+        if i.module not in chosen or i.cumulative_us > chosen[i.module].cumulative_us:
+            chosen[i.module] = i
+    return chosen
+
+
 def only_in(runs: list[list[Import]], baseline_runs: list[list[Import]]) -> dict[str, object]:
     """Modules imported in every one of ``runs`` and in none of ``baseline_runs``.
 
@@ -74,19 +87,22 @@ def only_in(runs: list[list[Import]], baseline_runs: list[list[Import]]) -> dict
     common = set.intersection(*({i.module for i in run} for run in runs))
     extra = common - seen_in_baseline
     cumulative: dict[str, list[int]] = {m: [] for m in extra}
+    own: dict[str, list[int]] = {m: [] for m in extra}
     extra_self: dict[str, list[int]] = {m: [] for m in extra}
     parents: dict[str, str | None] = {}
     for run in runs:
         subtree_extra = _extra_self(run, extra)
-        for i in run:
+        for i in _outermost(run).values():
             if i.module in extra:
                 cumulative[i.module].append(i.cumulative_us)
+                own[i.module].append(i.self_us)
                 extra_self[i.module].append(subtree_extra.get(i.module, i.self_us))
                 parents.setdefault(i.module, i.parent)
     rows = [
         {
             "module": m,
             "cumulative_us": statistics.median(cumulative[m]),
+            "self_us": statistics.median(own[m]),
             "extra_us": statistics.median(extra_self[m]),
             "parent": parents[m],
         }

@@ -256,18 +256,25 @@ def render(result: dict[str, Any]) -> str:
         out += [
             "",
             f"**Imported by ours, not by the official distro: {label}** (`-X importtime`, medians of "
-            f"{result['meta']['import_runs']} runs; {imp['modules']} modules, the 30 largest by cumulative µs). "
-            f"*Only ours* is the self time of the modules of that subtree that the official distro never imports; the "
-            f"cumulative figure also holds first imports of modules both import (such as httpx). ▲ marks the top of "
-            f"such a subtree; those add up to {imp['roots_extra_us'] / 1000:,.1f} ms only ours imports:",
+            f"{result['meta']['import_runs']} runs; {imp['modules']} modules). Where each such subtree starts; "
+            f"*only ours* adds the self times of the modules in it that the official distro never imports "
+            f"(the cumulative time also holds first imports of modules both import, such as httpx). Together "
+            f"{imp['roots_extra_us'] / 1000:,.1f} ms:",
             "",
             "| module | cumulative µs | only ours, µs | imported by |",
             "|---|---:|---:|---|",
         ]
-        roots = {r["module"] for r in imp["roots"]}
+        for row in imp["roots"]:
+            out.append(f"| `{row['module']}` | {row['cumulative_us']:,.0f} | {row['extra_us']:,.0f} | `{row['parent'] or '-'}` |")
+        out += [
+            "",
+            f"The 30 largest of those {imp['modules']} modules by cumulative import time ({label}):",
+            "",
+            "| module | cumulative µs | self µs | imported by |",
+            "|---|---:|---:|---|",
+        ]
         for row in imp["all"][:30]:
-            mark = " ▲" if row["module"] in roots else ""
-            out.append(f"| `{row['module']}`{mark} | {row['cumulative_us']:,.0f} | {row['extra_us']:,.0f} | `{row['parent'] or '-'}` |")
+            out.append(f"| `{row['module']}` | {row['cumulative_us']:,.0f} | {row['self_us']:,.0f} | `{row['parent'] or '-'}` |")
     out += ["", "Versions:", "", *report.render_versions(result["versions"])]
     return "\n".join(out)
 

@@ -172,3 +172,18 @@ def test_only_in_lists_the_subtrees_the_baseline_lacks() -> None:
     assert (root["cumulative_us"], root["extra_us"]) == (730, 230)
     assert diff["roots_extra_us"] == 230
     assert {r["module"] for r in diff["all"]} == {"extra_root", "extra_child", "deep_extra"}
+
+
+def test_a_package_importing_its_own_submodule_is_one_subtree() -> None:
+    # `from pkg.config import x`, where pkg/__init__ imports pkg.config: pkg.config prints
+    # twice, inside pkg and around it.
+    run = """\
+import time:        30 |         30 |       pkg.config
+import time:        20 |         50 |     pkg
+import time:         5 |         55 |   pkg.config
+import time:        40 |         95 | sitecustomize
+"""
+    diff = importtime.only_in([importtime.parse(run)], [importtime.parse(BASELINE)])
+    assert [(r["module"], r["parent"], r["cumulative_us"], r["extra_us"]) for r in diff["roots"]] == [
+        ("pkg.config", "sitecustomize", 55, 55)
+    ]
