@@ -11,6 +11,7 @@ per image that *ended*: for the launcher, that is the exec'd program only.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -29,6 +30,22 @@ class Run:
     counts: list[int]  # one per traced image that ended, in the order they ended
     stdout: str
     stderr: str
+
+
+def _fixed_layout() -> list[str]:
+    """Run with address-space randomisation off, when ``setarch`` can (util-linux).
+
+    Why: CPython's type attribute cache is indexed by the *addresses* of the
+    attribute names, so with randomised addresses each run gets its own pattern of
+    cache collisions, and its own per-unit cost: runs of the same program then
+    differ by up to ~0.1 %, which is as much as a slope's whole tolerance.
+    """
+    setarch = shutil.which("setarch")
+    return [setarch, platform.machine(), "--addr-no-randomize"] if setarch else []
+
+
+def fixed_layout() -> bool:
+    return bool(_fixed_layout())
 
 
 def available() -> bool:
@@ -50,6 +67,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def counts(command: list[str], env: dict[str, str], cwd: Path, *, children: bool = True, timeout: float = 3600) -> Run:
     """Run ``command`` under callgrind; raise when it fails or reports nothing."""
     valgrind = [
+        *_fixed_layout(),
         "valgrind",
         "--tool=callgrind",
         f"--trace-children={'yes' if children else 'no'}",

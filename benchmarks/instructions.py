@@ -128,7 +128,9 @@ def environment(config: Config, measured: bool) -> dict[str, str]:
 
 def command(config: Config, units: int, *extra: str) -> list[str]:
     venv = venvs.VENVS / config.venv
-    program = [venvs.python(venv), str(LOOPS), config.scenario, str(units), *extra]
+    # Zero-padded: every size gets an argv of the same length, hence the same memory
+    # layout at start-up (with randomisation off, see callgrind.py).
+    program = [venvs.python(venv), str(LOOPS), config.scenario, f"{units:06d}", *extra]
     # The launcher is a Python script: run by the venv's python so callgrind follows it, then its exec.
     return [venvs.python(venv), venvs.launcher(venv), *program] if config.launcher else program
 
@@ -190,7 +192,8 @@ def _n(x: float) -> str:
 def render(result: dict[str, Any]) -> str:
     per, r, m = result["per_unit"], result["ratios"], result["meta"]
     sizes = "/".join(f"{s:,}" for s in m["sizes"])
-    out = [report.meta_line(m), f"Units per run: {sizes}; exporters off; GC off in the counted loop.", ""]
+    layout = "address randomisation off" if m.get("fixed_layout") else "address randomisation ON (no setarch)"
+    out = [report.meta_line(m), f"Units per run: {sizes}; exporters off; GC off in the counted loop; {layout}.", ""]
     if "client/official" in per:
         official, bare = per["client/official"], per["client/bare"]
         out += [
@@ -279,11 +282,19 @@ def main(argv: list[str] | None = None) -> int:
         except linearity.NonLinearError as error:
             refused.append(str(error))
     if refused:
-        print("\n".join(["[instructions] refusing to report:", *refused]), file=sys.stderr)
+        # The raw counts, to look into (not a result: benchmarks/results/ is git-ignored).
+        raw = {c.key: {n: totals[(c.key, n)] for n in sizes} for c in configs}
+        dump = HERE / "results" / "instructions-refused.json"
+        dump.parent.mkdir(exist_ok=True)
+        dump.write_text(json.dumps(raw, indent=1))
+        print("\n".join(["[instructions] refusing to report:", *refused, f"(raw counts: {dump})"]), file=sys.stderr)
         return 3
 
     result: dict[str, Any] = {
-        "meta": {**report.meta(callgrind.version()), "sizes": list(sizes), "seconds": round(time.monotonic() - started)},
+        "meta": {
+            **report.meta(callgrind.version()), "sizes": list(sizes), "seconds": round(time.monotonic() - started),
+            "fixed_layout": callgrind.fixed_layout(),
+        },
         **summarize(fits),
         "fits": {k: f.as_dict() for k, f in fits.items()},
         "checks": facts,
