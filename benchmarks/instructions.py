@@ -168,34 +168,49 @@ def count(config: Config, units: int) -> int:
 # --- results ------------------------------------------------------------------------------------
 
 
+def _ratio(per: dict[str, float], a: str, b: str) -> float | None:
+    return per[a] / per[b] if a in per and b in per else None
+
+
 def summarize(fits: dict[str, linearity.Fit]) -> dict[str, Any]:
+    """Per-unit figures and the ratios the docs quote; a refused configuration has neither."""
     per = {key: f.per_unit for key, f in fits.items()}
-    ratios: dict[str, float] = {}
-    if "client/official" in per:
-        ratios["client"] = per["client/ours"] / per["client/official"]
-        ratios["client_no_layer"] = per["client/ours-no-layer"] / per["client/official"]
-    if "rejected/ours" in per and "client/ours" in per:
-        ratios["rejected_vs_happy"] = per["rejected/ours"] / per["client/ours"]
-    if "retry/ours" in per:
-        ratios["retry_vs_one_call"] = per["retry/ours"] / per["retry/official-one-call"]
-        ratios["retry_vs_by_hand"] = per["retry/ours"] / per["retry/official-by-hand"]
-    for fw in FRAMEWORKS:
-        if f"{fw}/ours" in per:
-            ratios[fw] = per[f"{fw}/ours"] / per[f"{fw}/official"]
-    return {"per_unit": per, "ratios": ratios}
+    ratios = {
+        "client": _ratio(per, "client/ours", "client/official"),
+        "client_no_layer": _ratio(per, "client/ours-no-layer", "client/official"),
+        "rejected_vs_happy": _ratio(per, "rejected/ours", "client/ours"),
+        "retry_vs_one_call": _ratio(per, "retry/ours", "retry/official-one-call"),
+        "retry_vs_by_hand": _ratio(per, "retry/ours", "retry/official-by-hand"),
+        **{fw: _ratio(per, f"{fw}/ours", f"{fw}/official") for fw in FRAMEWORKS},
+    }
+    return {"per_unit": per, "ratios": {k: v for k, v in ratios.items() if v is not None}}
 
 
-def _n(x: float) -> str:
-    return f"{x:,.0f}"
+REFUSED = "**refused**"
+
+
+def _n(x: float | None) -> str:
+    return REFUSED if x is None else f"{x:,.0f}"
+
+
+def _r(x: float | None, digits: int = 3) -> str:
+    return REFUSED if x is None else f"{x:.{digits}f}"
 
 
 def render(result: dict[str, Any]) -> str:
     per, r, m = result["per_unit"], result["ratios"], result["meta"]
+    tables = {key.split("/")[0] for key in [*per, *result["refused"]]}
     sizes = "/".join(f"{s:,}" for s in m["sizes"])
     layout = "address randomisation off" if m.get("fixed_layout") else "address randomisation ON (no setarch)"
     out = [report.meta_line(m), f"Units per run: {sizes}; exporters off; GC off in the counted loop; {layout}.", ""]
-    if "client/official" in per:
-        official, bare = per["client/official"], per["client/bare"]
+    if result["refused"]:
+        out += [
+            f"Refused (the two slopes more than {linearity.TOLERANCE:.1%} apart, see Linearity): "
+            + ", ".join(f"`{k}`" for k in result["refused"]) + ". Their figures and ratios are not reported.",
+            "",
+        ]
+    if "client" in tables:
+        official, bare = per.get("client/official"), per.get("client/bare")
         out += [
             "**Client, one successful call** (`GET`, 200 from the fake pool), instructions per call:",
             "",
@@ -203,10 +218,13 @@ def render(result: dict[str, Any]) -> str:
             "|---|---:|---:|---:|",
         ]
         for row, label in (("bare", "bare httpx (no launcher)"), ("official", "official distro"), ("ours", "ours"), ("ours-no-layer", "ours, both our instrumentors disabled")):
-            v = per[f"client/{row}"]
-            out.append(f"| {label} | {_n(v)} | {v / official:.3f} | {v / bare:.2f} |")
+            v = per.get(f"client/{row}")
+            out.append(
+                f"| {label} | {_n(v)} | {_r(v / official if v and official else None)} "
+                f"| {_r(v / bare if v and bare else None, 2)} |"
+            )
         out.append("")
-    if any(f"{fw}/ours" in per for fw in FRAMEWORKS):
+    if tables & set(FRAMEWORKS):
         out += [
             "**Server, one incoming `GET /`** (trivial JSON handler, driven in-process), instructions per request:",
             "",
@@ -214,27 +232,44 @@ def render(result: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|",
         ]
         for fw, label in FRAMEWORKS.items():
-            if f"{fw}/ours" in per:
-                b, o, u = per[f"{fw}/bare"], per[f"{fw}/official"], per[f"{fw}/ours"]
-                out.append(f"| {label} | {_n(b)} | {_n(o)} | {_n(u)} | **{u / o:.3f}** | {_n(u - o)} |")
+            if fw in tables:
+                b, o, u = (per.get(f"{fw}/{row}") for row in ("bare", "official", "ours"))
+                diff = u - o if u is not None and o is not None else None
+                out.append(f"| {label} | {_n(b)} | {_n(o)} | {_n(u)} | **{_r(r.get(fw))}** | {_n(diff)} |")
         out.append("")
-    if "retry/ours" in per or "rejected/ours" in per:
+    if tables & {"retry", "rejected"}:
         out += ["**Failure paths**, instructions per call:", "", "| call | instructions | compared with | ratio |", "|---|---:|---|---:|"]
-        if "rejected/ours" in per:
-            v = per["rejected/ours"]
-            out.append(f"| ours: rejected by an open breaker (no I/O; CLIENT span and metric recorded) | {_n(v)} | one successful call, ours ({_n(per['client/ours'])}) | {r['rejected_vs_happy']:.3f} |")
-        if "retry/ours" in per:
-            v, one, hand = per["retry/ours"], per["retry/official-one-call"], per["retry/official-by-hand"]
-            out.append(f"| ours: one call, 503 then 200 (2 attempts, no wait) | {_n(v)} | | |")
-            out.append(f"| official: one call, gets the 503 (1 attempt, no retry) | {_n(one)} | ours / this | {r['retry_vs_one_call']:.3f} |")
-            out.append(f"| official: two calls by hand, 503 then 200 | {_n(hand)} | ours / this | {r['retry_vs_by_hand']:.3f} |")
+        if "rejected" in tables:
+            out.append(
+                f"| ours: rejected by an open breaker (no I/O; CLIENT span and metric recorded) | {_n(per.get('rejected/ours'))} "
+                f"| one successful call, ours ({_n(per.get('client/ours'))}) | {_r(r.get('rejected_vs_happy'))} |"
+            )
+        if "retry" in tables:
+            out.append(f"| ours: one call, 503 then 200 (2 attempts, no wait) | {_n(per.get('retry/ours'))} | | |")
+            out.append(
+                f"| official: one call, gets the 503 (1 attempt, no retry) | {_n(per.get('retry/official-one-call'))} "
+                f"| ours / this | {_r(r.get('retry_vs_one_call'))} |"
+            )
+            out.append(
+                f"| official: two calls by hand, 503 then 200 | {_n(per.get('retry/official-by-hand'))} "
+                f"| ours / this | {_r(r.get('retry_vs_by_hand'))} |"
+            )
         out.append("")
-    out += ["**Linearity** (slopes between the three sizes; refused above 0.5 %):", "", "| configuration | slope 1 | slope 2 | apart |", "|---|---:|---:|---:|"]
-    for key, f in result["fits"].items():
-        out.append(f"| {key} | {_n(f['slopes'][0])} | {_n(f['slopes'][1])} | {f['disagreement']:.4%} |")
+    out += [
+        f"**Linearity** (slopes 100→600 and 600→1,100 units; refused above {linearity.TOLERANCE:.1%}):",
+        "",
+        "| configuration | slope 1 | slope 2 | apart | |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for key, f in sorted({**result["fits"], **result["refused"]}.items(), key=lambda kv: list(CONFIG_KEYS).index(kv[0])):
+        verdict = REFUSED if key in result["refused"] else "ok"
+        out.append(f"| {key} | {f['slopes'][0]:,.0f} | {f['slopes'][1]:,.0f} | {f['disagreement']:.3%} | {verdict} |")
     out += ["", "Versions (both venvs of a pair share every common package at the same version):", ""]
     out += report.render_versions(result["versions"])
     return "\n".join(out)
+
+
+CONFIG_KEYS = {c.key: c for c in CONFIGS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,20 +310,22 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(c, n) for n in sorted(sizes, reverse=True) for c in configs]  # longest first
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         totals = dict(zip(((c.key, n) for c, n in jobs), pool.map(lambda job: count(*job), jobs)))
-    fits, refused = {}, []
+    fits: dict[str, linearity.Fit] = {}
+    refused: dict[str, dict[str, Any]] = {}
     for config in configs:
+        counts = {n: totals[(config.key, n)] for n in sizes}
         try:
-            fits[config.key] = linearity.checked_fit({n: totals[(config.key, n)] for n in sizes}, what=config.key)
+            fits[config.key] = linearity.checked_fit(counts, what=config.key)
         except linearity.NonLinearError as error:
-            refused.append(str(error))
+            refused[config.key] = {**linearity.fit(counts).as_dict(), "message": str(error)}
     if refused:
-        # The raw counts, to look into (not a result: benchmarks/results/ is git-ignored).
+        # The raw counts, to look into (benchmarks/results/ is git-ignored).
         raw = {c.key: {n: totals[(c.key, n)] for n in sizes} for c in configs}
         dump = HERE / "results" / "instructions-refused.json"
         dump.parent.mkdir(exist_ok=True)
         dump.write_text(json.dumps(raw, indent=1))
-        print("\n".join(["[instructions] refusing to report:", *refused, f"(raw counts: {dump})"]), file=sys.stderr)
-        return 3
+        messages = [v["message"] for v in refused.values()]
+        print("\n".join(["[instructions] refusing to report:", *messages, f"(raw counts: {dump})"]), file=sys.stderr)
 
     result: dict[str, Any] = {
         "meta": {
@@ -297,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         **summarize(fits),
         "fits": {k: f.as_dict() for k, f in fits.items()},
+        "refused": refused,
         "checks": facts,
         "labels": FRAMEWORKS,
         "versions": {p: report.venv_versions(p) for p in ("client", "server")
@@ -305,9 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     markdown = render(result)
     print(markdown)
     if not only and not args.no_write:
+        # Refused figures are written as refused, never as numbers.
         print(f"[instructions] results: {report.save('instructions', result)}; docs updated")
         report.write_docs(OWNER, markdown)
-    return 0
+    return 3 if refused else 0
 
 
 if __name__ == "__main__":
