@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LOCK := requirements/dev.txt
 
-.PHONY: test test-stress typecheck demo bench check lock install-check clean
+.PHONY: test test-stress typecheck demo bench bench-instructions bench-startup check lock install-check clean
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
+
+# Instructions per request with callgrind (valgrind); ~30 min on 2 cores.
+bench-instructions: $(VENV)/.installed
+	$(PY) benchmarks/instructions.py
+
+# Start-up of a client-only and a FastAPI service; run it alone on the machine.
+bench-startup: $(VENV)/.installed
+	$(PY) benchmarks/startup.py
 
 check: $(VENV)/.installed
 	$(VENV)/bin/otel-integration check

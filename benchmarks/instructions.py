@@ -1,106 +1,352 @@
-"""Hot-path cost in CPU instructions: deterministic, unlike wall time on a shared VM.
+"""Per-call and per-incoming-request cost in CPU instructions: deterministic, unlike wall time.
 
-    python benchmarks/instructions.py            # needs valgrind (Debian: apt-get install valgrind)
+    python benchmarks/instructions.py                 # everything, ~30 min on 2 cores (needs valgrind)
+    python benchmarks/instructions.py --only client   # some tables only (nothing written to the docs)
 
-Each configuration runs the same loop of sequential sync requests under
-`opentelemetry-instrument` and valgrind's callgrind, which counts executed
-instructions. No network: a real `httpx.HTTPTransport` whose httpcore pool is
-replaced by a fake that answers 200 (the `_FakePool` of worker.py), so httpx,
-the upstream instrumentation and our layer run for real. Exporters are off
-(identical for all), garbage collection is off during the loop, and the
-per-request figure is the slope between two request counts, so start-up and
-warm-up cancel out. The same binary and inputs give the same count (to a few
-parts per million here), whatever else the machine is doing.
+Every configuration runs one program of `loops.py` (a scenario: a client
+call on a fake httpcore pool, or an incoming request handed in-process to
+a Starlette, FastAPI or Flask app) under valgrind's callgrind, which counts
+executed instructions, at three sizes (100, 600 and 1,100 units by default).
+The per-unit figure is the slope from the smallest to the largest size, so
+start-up and exit cancel out; the two slopes in between must agree within
+0.5 % (`linearity.py`), else the script reports nothing and exits with 3.
 
-Configurations: `official` (opentelemetry-distro), `ours` (this distro),
-`ours-no-layer` (this distro with its two instrumentors disabled: what the
-distro's defaults, span processor and propagator cost without the retry
-transport and the server hooks).
+Before anything is counted, every venv is warmed (`venvs.warm`: compileall of
+the stdlib and site-packages) and each configuration runs once unmeasured
+(`loops.py --check`), which also proves it is what it claims (spans, headers,
+attempts: `Config.expect`). Counted runs set PYTHONDONTWRITEBYTECODE=1 and
+only then run in parallel, so no run can write a .pyc another one reads.
+
+Results: printed, kept in ``benchmarks/last_run/instructions.json`` and
+written into the generated block of docs/performance.md (and the README's
+summary), unless ``--only`` or ``--no-write`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
-import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import callgrind  # noqa: E402
+import linearity  # noqa: E402
+import report  # noqa: E402
 import venvs  # noqa: E402
 
-LOOP = """
-import gc, sys, httpx
-sys.path.insert(0, {here!r})
-from worker import _FakePool
-transport = httpx.HTTPTransport()
-transport._pool = _FakePool()
-client = httpx.Client(transport=transport)
-for _ in range(50):
-    client.get("http://h.bench.invalid/")
-gc.collect()
-gc.disable()
-for _ in range(int(sys.argv[1])):
-    client.get("http://h.bench.invalid/")
-"""
+OWNER = "benchmarks/instructions.py"
+LOOPS = HERE / "loops.py"
+SIZES = (100, 600, 1100)
+CHECK_UNITS = 20
 
-CONFIGS = {
-    "official": ("official", {}),
-    "ours": ("ours", {}),
-    "ours-no-layer": ("ours", {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "otel_integration_httpx,otel_integration_server"}),
+# Ours with its two instrumentors off: the distro's defaults, span processor and propagator alone.
+NO_LAYER = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "otel_integration_httpx,otel_integration_server"}
+# Retries without waiting; a budget that never runs dry (one retry per call, one
+# deposit per call), so no retry depends on how fast the machine is.
+RETRY_NOW = {
+    "OTEL_INTEGRATION_RETRY_INITIAL_WAIT": "0",
+    "OTEL_INTEGRATION_RETRY_JITTER": "0",
+    "OTEL_INTEGRATION_RETRY_BUDGET_RATIO": "1",
 }
+# The first refused connection opens the breaker, for longer than any run.
+BREAKER_OPENS = {"OTEL_INTEGRATION_BREAKER_THRESHOLD": "1", "OTEL_INTEGRATION_BREAKER_OPEN_SECONDS": "86400"}
+
+FRAMEWORKS = {"starlette": "Starlette", "fastapi": "FastAPI", "flask": "Flask"}
 
 
-def count(venv: Path, requests: int, extra_env: dict[str, str], script: Path) -> int:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "OTEL_SERVICE_NAME": "bench",
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
-        "PYTHONHASHSEED": "0",
-        **extra_env,
-    }
-    command = [
-        "valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null",
-        venvs.python(venv), venvs.launcher(venv), venvs.python(venv), str(script), str(requests),
+@dataclass(frozen=True)
+class Config:
+    table: str  # client, rejected, retry, or a framework
+    row: str  # bare, official, ours, ...
+    venv: str
+    scenario: str
+    launcher: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+    expect: dict[str, Any] = field(default_factory=dict)  # facts loops.py --check must report
+
+    @property
+    def key(self) -> str:
+        return f"{self.table}/{self.row}"
+
+
+_UPSTREAM_ONLY = {"upstream_httpx_instrumented": True, "otel_integration_layer": False}
+_OURS = {"upstream_httpx_instrumented": True, "otel_integration_layer": True}
+_BARE = {"sdk": False, "upstream_httpx_instrumented": False, "otel_integration_layer": False, "spans_per_unit": {}}
+
+
+def _configs() -> list[Config]:
+    one_client_span = {"spans_per_unit": {"CLIENT": 1.0}}
+    configs = [
+        Config("client", "bare", "official", "client", launcher=False, expect={**_BARE, "attempts_per_unit": 1.0}),
+        Config("client", "official", "official", "client", expect={**_UPSTREAM_ONLY, **one_client_span, "sent_traceparent": True, "sent_x_request_id": False}),
+        Config("client", "ours", "ours", "client", expect={**_OURS, **one_client_span, "sent_traceparent": True, "sent_x_request_id": True}),
+        Config("client", "ours-no-layer", "ours", "client", env=NO_LAYER, expect={**_UPSTREAM_ONLY, **one_client_span}),
+        Config("rejected", "ours", "ours", "rejected", env=BREAKER_OPENS, expect={**_OURS, **one_client_span, "attempts_per_unit": 0.0, "attempts_to_open": 1}),
+        Config("retry", "official-one-call", "official", "unavailable", expect={**_UPSTREAM_ONLY, **one_client_span, "attempts_per_unit": 1.0}),
+        Config("retry", "official-by-hand", "official", "flaky-by-hand", expect={**_UPSTREAM_ONLY, "spans_per_unit": {"CLIENT": 2.0}, "attempts_per_unit": 2.0}),
+        Config("retry", "ours", "ours", "flaky", env=RETRY_NOW, expect={**_OURS, "spans_per_unit": {"CLIENT": 2.0}, "attempts_per_unit": 2.0, "max_resend_count": 1}),
     ]
-    done = subprocess.run(command, env=env, cwd=HERE, capture_output=True, text=True, timeout=1800)
-    totals = re.findall(r"Collected : (\d+)", done.stderr)
-    if done.returncode != 0 or not totals:
-        raise RuntimeError(f"callgrind run failed:\n{done.stderr[-2000:]}")
-    return int(totals[-1])  # the last process: the program the launcher exec'd
+    for fw in FRAMEWORKS:
+        # Spans other than the SERVER one differ by framework (ASGI adds two INTERNAL
+        # send spans): `check` asserts exactly one SERVER span where instrumented.
+        served = {"status": 200, "spans_per_unit": None}
+        configs += [
+            Config(fw, "bare", "official-server", fw, launcher=False, expect={**_BARE, "status": 200, "x_request_id_echoed": False}),
+            Config(fw, "official", "official-server", fw, expect={**_UPSTREAM_ONLY, **served, "x_request_id_echoed": False}),
+            Config(fw, "ours", "ours-server", fw, expect={**_OURS, **served, "x_request_id_echoed": True}),
+        ]
+    return configs
+
+
+CONFIGS = _configs()
+TABLES = ("client", "rejected", "retry", *FRAMEWORKS)
+
+
+def environment(config: Config, measured: bool) -> dict[str, str]:
+    env = callgrind.clean_env(
+        OTEL_SERVICE_NAME="bench",
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_SEMCONV_STABILITY_OPT_IN="http",  # our default, set for all: same upstream attributes
+        PYTHONHASHSEED="0",
+        **config.env,
+    )
+    if measured:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def command(config: Config, units: int, *extra: str) -> list[str]:
+    venv = venvs.VENVS / config.venv
+    # Zero-padded: every size gets an argv of the same length, hence the same memory
+    # layout at start-up (with randomisation off, see callgrind.py).
+    program = [venvs.python(venv), str(LOOPS), config.scenario, f"{units:06d}", *extra]
+    # The launcher is a Python script: run by the venv's python so callgrind follows it, then its exec.
+    return [venvs.python(venv), venvs.launcher(venv), *program] if config.launcher else program
+
+
+def workdir() -> Path:
+    """An empty working directory: '' on sys.path must not expose the checkout (its egg-info, modules)."""
+    path = HERE / ".venvs" / "cwd"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check(config: Config) -> dict[str, Any]:
+    """The unmeasured run: warms the configuration and reports what it really does."""
+    done = subprocess.run(
+        command(config, CHECK_UNITS, "--check"), env=environment(config, measured=False), cwd=workdir(),
+        capture_output=True, text=True, timeout=600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{config.key}: the check run failed:\n{done.stderr[-3000:]}")
+    facts: dict[str, Any] = json.loads(lines[-1])
+    wrong = {k: (facts.get(k), v) for k, v in config.expect.items() if v is not None and facts.get(k) != v}
+    if config.table in FRAMEWORKS and config.launcher and facts["spans_per_unit"].get("SERVER") != 1.0:
+        wrong["SERVER spans per request"] = (facts["spans_per_unit"].get("SERVER"), 1.0)
+    if wrong:
+        raise RuntimeError(f"{config.key} is not what it claims (found, expected): {wrong}")
+    return facts
+
+
+def count(config: Config, units: int) -> int:
+    run = callgrind.counts(command(config, units), environment(config, measured=True), workdir())
+    return run.counts[-1]  # the image that ran the loop: the launcher's exec'd program
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def _ratio(per: dict[str, float], a: str, b: str) -> float | None:
+    return per[a] / per[b] if a in per and b in per else None
+
+
+def summarize(fits: dict[str, linearity.Fit]) -> dict[str, Any]:
+    """Per-unit figures and the ratios the docs quote; a refused configuration has neither."""
+    per = {key: f.per_unit for key, f in fits.items()}
+    ratios = {
+        "client": _ratio(per, "client/ours", "client/official"),
+        "client_no_layer": _ratio(per, "client/ours-no-layer", "client/official"),
+        "rejected_vs_happy": _ratio(per, "rejected/ours", "client/ours"),
+        "retry_vs_one_call": _ratio(per, "retry/ours", "retry/official-one-call"),
+        "retry_vs_by_hand": _ratio(per, "retry/ours", "retry/official-by-hand"),
+        **{fw: _ratio(per, f"{fw}/ours", f"{fw}/official") for fw in FRAMEWORKS},
+    }
+    return {"per_unit": per, "ratios": {k: v for k, v in ratios.items() if v is not None}}
+
+
+REFUSED = "**refused**"
+
+
+def _n(x: float | None) -> str:
+    return REFUSED if x is None else f"{x:,.0f}"
+
+
+def _r(x: float | None, digits: int = 3) -> str:
+    return REFUSED if x is None else f"{x:.{digits}f}"
+
+
+def render(result: dict[str, Any]) -> str:
+    per, r, m = result["per_unit"], result["ratios"], result["meta"]
+    tables = {key.split("/")[0] for key in [*per, *result["refused"]]}
+    sizes = "/".join(f"{s:,}" for s in m["sizes"])
+    layout = "address randomisation off" if m.get("fixed_layout") else "address randomisation ON (no setarch)"
+    out = [report.meta_line(m), f"Units per run: {sizes}; exporters off; GC off in the counted loop; {layout}.", ""]
+    if result["refused"]:
+        out += [
+            f"Refused (the two slopes more than {linearity.TOLERANCE:.1%} apart, see Linearity): "
+            + ", ".join(f"`{k}`" for k in result["refused"]) + ". Their figures and ratios are not reported.",
+            "",
+        ]
+    if "client" in tables:
+        official, bare = per.get("client/official"), per.get("client/bare")
+        out += [
+            "**Client, one successful call** (`GET`, 200 from the fake pool), instructions per call:",
+            "",
+            "| configuration | instructions | / official | / bare httpx |",
+            "|---|---:|---:|---:|",
+        ]
+        for row, label in (("bare", "bare httpx (no launcher)"), ("official", "official distro"), ("ours", "ours"), ("ours-no-layer", "ours, both our instrumentors disabled")):
+            v = per.get(f"client/{row}")
+            out.append(
+                f"| {label} | {_n(v)} | {_r(v / official if v and official else None)} "
+                f"| {_r(v / bare if v and bare else None, 2)} |"
+            )
+        out.append("")
+    if tables & set(FRAMEWORKS):
+        out += [
+            "**Server, one incoming `GET /`** (trivial JSON handler, driven in-process), instructions per request:",
+            "",
+            "| framework | bare framework | official distro | ours | ours / official | ours − official |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for fw, label in FRAMEWORKS.items():
+            if fw in tables:
+                b, o, u = (per.get(f"{fw}/{row}") for row in ("bare", "official", "ours"))
+                diff = u - o if u is not None and o is not None else None
+                out.append(f"| {label} | {_n(b)} | {_n(o)} | {_n(u)} | **{_r(r.get(fw))}** | {_n(diff)} |")
+        out.append("")
+    if tables & {"retry", "rejected"}:
+        out += ["**Failure paths**, instructions per call:", "", "| call | instructions | compared with | ratio |", "|---|---:|---|---:|"]
+        if "rejected" in tables:
+            out.append(
+                f"| ours: rejected by an open breaker (no I/O; CLIENT span and metric recorded) | {_n(per.get('rejected/ours'))} "
+                f"| one successful call, ours ({_n(per.get('client/ours'))}) | {_r(r.get('rejected_vs_happy'))} |"
+            )
+        if "retry" in tables:
+            out.append(f"| ours: one call, 503 then 200 (2 attempts, no wait) | {_n(per.get('retry/ours'))} | | |")
+            out.append(
+                f"| official: one call, gets the 503 (1 attempt, no retry) | {_n(per.get('retry/official-one-call'))} "
+                f"| ours / this | {_r(r.get('retry_vs_one_call'))} |"
+            )
+            out.append(
+                f"| official: two calls by hand, 503 then 200 | {_n(per.get('retry/official-by-hand'))} "
+                f"| ours / this | {_r(r.get('retry_vs_by_hand'))} |"
+            )
+        out.append("")
+    out += [
+        f"**Linearity** (slopes 100→600 and 600→1,100 units; refused above {linearity.TOLERANCE:.1%}):",
+        "",
+        "| configuration | slope 1 | slope 2 | apart | |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for key, f in sorted({**result["fits"], **result["refused"]}.items(), key=lambda kv: list(CONFIG_KEYS).index(kv[0])):
+        verdict = REFUSED if key in result["refused"] else "ok"
+        out.append(f"| {key} | {f['slopes'][0]:,.0f} | {f['slopes'][1]:,.0f} | {f['disagreement']:.3%} | {verdict} |")
+    out += ["", "Versions (both venvs of a pair share every common package at the same version):", ""]
+    out += report.render_versions(result["versions"])
+    return "\n".join(out)
+
+
+CONFIG_KEYS = {c.key: c for c in CONFIGS}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--low", type=int, default=100, help="requests in the short run")
-    parser.add_argument("--high", type=int, default=1100, help="requests in the long run")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--only", default="", help=f"comma-separated tables of {','.join(TABLES)} (implies --no-write)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="three unit counts, e.g. 100,600,1100")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="counted runs in parallel")
+    parser.add_argument("--no-write", action="store_true", help="print only: keep docs and last_run/ as they are")
+    parser.add_argument(
+        "--check-only", action="store_true",
+        help="no counting (no valgrind needed): run each configuration once and check it does what it claims",
+    )
     args = parser.parse_args(argv)
-    if shutil.which("valgrind") is None:
-        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+    if not args.check_only and not callgrind.available():
+        print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
-    script = HERE / "results" / "instructions_loop.py"
-    script.parent.mkdir(exist_ok=True)
-    script.write_text(LOOP.format(here=str(HERE)))
-    paths = {name: venvs.ensure(name) for name in ("official", "ours")}
-    jobs = [(config, n) for config in CONFIGS for n in (args.low, args.high)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = dict(
-            zip(jobs, pool.map(lambda job: count(paths[CONFIGS[job[0]][0]], job[1], CONFIGS[job[0]][1], script), jobs))
-        )
-    per_request = {c: (results[(c, args.high)] - results[(c, args.low)]) / (args.high - args.low) for c in CONFIGS}
-    print("| configuration | instructions per request | / official |")
-    print("|---|---:|---:|")
-    for config, value in per_request.items():
-        print(f"| {config} | {value:,.0f} | {value / per_request['official']:.3f} |")
-    return 0
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    only = [t for t in args.only.split(",") if t]
+    if unknown := set(only) - set(TABLES):
+        parser.error(f"unknown tables {sorted(unknown)}")
+    configs = [c for c in CONFIGS if not only or c.table in only]
+    if "rejected" in only and "client" not in only:
+        configs += [c for c in CONFIGS if c.key == "client/ours"]  # its ratio's denominator
+    started = time.monotonic()
+
+    for name in sorted({c.venv for c in configs}):
+        venv = venvs.ensure(name)
+        if not args.check_only:
+            venvs.warm(venv)
+    facts = {}
+    for config in configs:  # one after the other: these may still write .pyc files
+        facts[config.key] = check(config)
+    if args.check_only:
+        print(json.dumps(facts, indent=1, sort_keys=True))
+        return 0
+    print(f"[instructions] {len(configs)} configurations checked; counting {len(configs) * 3} runs ...", flush=True)
+
+    jobs = [(c, n) for n in sorted(sizes, reverse=True) for c in configs]  # longest first
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        totals = dict(zip(((c.key, n) for c, n in jobs), pool.map(lambda job: count(*job), jobs)))
+    fits: dict[str, linearity.Fit] = {}
+    refused: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        counts = {n: totals[(config.key, n)] for n in sizes}
+        try:
+            fits[config.key] = linearity.checked_fit(counts, what=config.key)
+        except linearity.NonLinearError as error:
+            refused[config.key] = {**linearity.fit(counts).as_dict(), "message": str(error)}
+    if refused:
+        # The raw counts, to look into (benchmarks/results/ is git-ignored).
+        raw = {c.key: {n: totals[(c.key, n)] for n in sizes} for c in configs}
+        dump = HERE / "results" / "instructions-refused.json"
+        dump.parent.mkdir(exist_ok=True)
+        dump.write_text(json.dumps(raw, indent=1))
+        messages = [v["message"] for v in refused.values()]
+        print("\n".join(["[instructions] refusing to report:", *messages, f"(raw counts: {dump})"]), file=sys.stderr)
+
+    result: dict[str, Any] = {
+        "meta": {
+            **report.meta(callgrind.version()), "sizes": list(sizes), "seconds": round(time.monotonic() - started),
+            "fixed_layout": callgrind.fixed_layout(),
+        },
+        **summarize(fits),
+        "fits": {k: f.as_dict() for k, f in fits.items()},
+        "refused": refused,
+        "checks": facts,
+        "labels": FRAMEWORKS,
+        "versions": {p: report.venv_versions(p) for p in ("client", "server")
+                     if any(c.venv in venvs.pair(p) for c in configs)},
+    }
+    markdown = render(result)
+    print(markdown)
+    if not only and not args.no_write:
+        # Refused figures are written as refused, never as numbers.
+        print(f"[instructions] results: {report.save('instructions', result)}; docs updated")
+        report.write_docs(OWNER, markdown)
+    return 3 if refused else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Overhead benchmark: bare httpx vs the official OpenTelemetry distro vs ours.
 
-    python benchmarks/run.py            # full run, a few minutes on 2 cores
-    python benchmarks/run.py --quick    # every scenario at tiny N, < 30 s (after the venvs exist)
+    python benchmarks/run.py            # full run, ~10 min on 2 cores; writes its block in docs/performance.md
+    python benchmarks/run.py --quick    # every scenario at tiny N, < 30 s (after the venvs exist); writes no doc
 
 Any Python >= 3.10 can run it: the first run builds two venvs under
 ``benchmarks/.venvs/`` (see `venvs.py`, needs PyPI once). The report is
@@ -14,6 +14,10 @@ in another process (`peers.py`), and configurations alternate within each
 round (A B C, B C A, C A B, ...), so a noisy neighbour hits all of them
 alike. Tables show medians over rounds; ratios are ratios of those medians,
 with the range of the per-round ratios in brackets.
+
+It uses the client-only venvs (``official``, ``ours``). Start-up is measured
+by `startup.py`, per-call costs that wall time here cannot resolve by
+`instructions.py`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import report  # noqa: E402
 import venvs  # noqa: E402
 
 WORKER = str(HERE / "worker.py")
@@ -52,7 +57,6 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "per_task": (1, 2),  # measured requests per concurrent task (x200), after one warm-up request each
     "breaker_rounds": (1, 3),
     "breaker_n": (30, 1000),
-    "startup_rounds": (1, 10),
     "collector_rounds": (1, 3),
     "collector_n": (30, 1500),
     "hosts": (200, 10_000),
@@ -67,7 +71,6 @@ SIZES: dict[str, tuple[Any, Any]] = {
 
 # Targets from the issue.
 TARGET_HAPPY = 1.05
-TARGET_STARTUP = 1.2
 TARGET_COLLECTOR = 1.05
 
 
@@ -182,27 +185,6 @@ class Bench:
         self.log("[breaker] done")
         return {"spec": spec, "runs": runs}
 
-    def startup(self) -> dict[str, Any]:
-        """Wall time of `opentelemetry-instrument python -c pass` (and plain python for reference)."""
-        env = self.env()
-        times: dict[str, list[float]] = {"python": [], "official": [], "ours": []}
-        commands = {
-            "python": [venvs.python(self.venv["ours"]), "-c", "pass"],
-            "official": self.command("official", "-c", "pass"),
-            "ours": self.command("ours", "-c", "pass"),
-        }
-        # One unmeasured run each: warm the page cache and .pyc files.
-        for cmd in commands.values() if not self.quick else ():
-            subprocess.run(cmd, env=env, cwd=CWD, check=True, capture_output=True)
-        names = list(commands)
-        for r in range(_size("startup_rounds", self.quick)):
-            for name in names[r % 3 :] + names[: r % 3]:
-                t0 = time.perf_counter()
-                subprocess.run(commands[name], env=env, cwd=CWD, check=True, capture_output=True)
-                times[name].append((time.perf_counter() - t0) * 1000)
-        self.log("[startup] done")
-        return {"runs_ms": times}
-
     def collector(self) -> dict[str, Any]:
         """Ours, sequential sync and async requests, collector up / closed port / black hole."""
         q = self.quick
@@ -275,11 +257,6 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         real = median([r[f"{kind}_real"]["mean_us"] for r in b])
         s["breaker"][kind] = {"rejected_us": rejected, "real_us": real, "ratio": _ratio(rejected, real)}
 
-    st = raw["startup"]["runs_ms"]
-    s["startup"] = {name: median(v) for name, v in st.items()}
-    s["startup"]["ours_vs_official"] = _ratio(s["startup"]["ours"], s["startup"]["official"])
-    s["startup"]["target_met"] = s["startup"]["ours_vs_official"] <= TARGET_STARTUP
-
     col = raw["collector"]["runs"]
     s["collector"] = {}
     for kind in ("sync", "async"):
@@ -326,8 +303,9 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     s = summary
     ok = lambda met: "met" if met else "**missed**"  # noqa: E731
     lines = [
-        f"Run {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs), Python {meta['python']}, "
-        f"mode {meta['mode']}; medians of {meta['rounds']} alternating rounds.",
+        f"Run {meta['date']}, tree {meta.get('commit', 'unknown')}"
+        f"{' with uncommitted package changes' if meta.get('package_modified') else ''}; {meta['machine']}, "
+        f"{meta['cpus']} CPUs, Python {meta['python']}, mode {meta['mode']}; medians of {meta['rounds']} alternating rounds.",
         "",
         "| Measurement | bare httpx | official distro | ours | ours / official | target |",
         "|---|---:|---:|---:|---:|---|",
@@ -345,11 +323,6 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines.append(
         f"| {conc_n(s)} concurrent async, requests/s | {_f(c['bare']['requests_per_s'])} | {_f(c['official']['requests_per_s'])} "
         f"| {_f(c['ours']['requests_per_s'])} | {c['ours_vs_official_throughput']:.3f} (throughput) | report |"
-    )
-    st = s["startup"]
-    lines.append(
-        f"| start-up `opentelemetry-instrument python -c pass`, ms | {_f(st['python'])} (plain python) "
-        f"| {_f(st['official'])} | {_f(st['ours'])} | {st['ours_vs_official']:.3f} | ≤ {TARGET_STARTUP}: {ok(st['target_met'])} |"
     )
     lines += ["", "| Ours only | sync | async | target |", "|---|---:|---:|---|"]
     b = s["breaker"]
@@ -414,7 +387,7 @@ def run(quick: bool, only: list[str] | None = None, log=print) -> dict[str, Any]
     raw: dict[str, Any] = {}
     started = time.perf_counter()
     try:
-        for name in ("happy", "breaker", "startup", "collector", "memory"):
+        for name in ("happy", "breaker", "collector", "memory"):
             if only and name not in only:
                 continue
             t0 = time.perf_counter()
@@ -423,6 +396,7 @@ def run(quick: bool, only: list[str] | None = None, log=print) -> dict[str, Any]
     finally:
         bench.stop_peers()
     meta = {
+        **report.meta(None),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.system()} {platform.machine()}",
         "cpus": os.cpu_count(),
@@ -439,9 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every scenario at tiny N (smoke test), < 30 s")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "last.json", help="where to write the JSON report")
     parser.add_argument("--setup", action="store_true", help="only build the venvs")
+    parser.add_argument("--no-write", action="store_true", help="full run without updating docs/performance.md")
     args = parser.parse_args(argv)
     if args.setup:
-        for name in venvs.RECIPES:
+        for name in ("official", "ours"):
             print(venvs.ensure(name))
         return 0
     result = run(args.quick)
@@ -452,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(result["markdown"])
     print(f"\n({result['meta']['seconds']} s; JSON report: {args.json})")
+    if not args.quick and not args.no_write:
+        versions = report.render_versions({"client": report.venv_versions("client")})
+        report.save("wall", {"meta": result["meta"], "summary": result["summary"]})
+        report.write_docs("benchmarks/run.py", "\n".join([result["markdown"], "", "Versions:", "", *versions]))
     return 0
 
 

@@ -23,6 +23,7 @@ import sys
 import time
 
 import httpx
+from fakes import _FakePool  # noqa: F401 - the fake pool (no network) shared with loops.py
 
 perf = time.perf_counter_ns
 
@@ -203,29 +204,6 @@ def breaker_rejections(spec: dict) -> dict:
 
     asyncio.run(run())
     return result
-
-
-class _FakePool:
-    """Stands in for httpcore's connection pool: answers 200 without any I/O.
-
-    It sits *under* `httpx.HTTPTransport.handle_request`, so everything above
-    it runs for real: httpx, the upstream instrumentation (span, duration
-    histogram with server.address) and the otel_integration layer.
-    """
-
-    def handle_request(self, request):
-        import httpcore
-
-        return httpcore.Response(200, headers=[(b"Content-Length", b"2")], content=b"ok")
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        pass
 
 
 def many_hosts(spec: dict) -> dict:
