@@ -130,3 +130,23 @@ def test_instrument_client_puts_one_client_behind_the_layer(fault_server):
         plain.close()
     finally:
         layer.close()
+
+
+def test_uvicorn_is_patched_when_the_app_imports_it_not_at_start_up(tmp_path) -> None:
+    """Start-up of a service that does not run uvicorn imports none of it (it was 19 ms)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys\n"
+        "before = 'uvicorn.config' in sys.modules\n"
+        "from uvicorn.config import Config\n"
+        "print(before, hasattr(Config.load, '__wrapped__'))\n"
+    )
+    launcher = str(Path(sys.executable).parent / "opentelemetry-instrument")
+    env = {"PATH": str(Path(sys.executable).parent), "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+           "OTEL_LOGS_EXPORTER": "none"}
+    done = subprocess.run([launcher, sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stderr
