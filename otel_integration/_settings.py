@@ -180,6 +180,27 @@ def _storage(raw: str) -> str:
     return value
 
 
+def _cache(raw: str) -> str:
+    """``off``, ``memory``, ``sqlite:///absolute/path.db`` or a Redis URL as `_storage` takes it."""
+    value = raw.strip()
+    if value.lower() in ("", "off"):
+        return "off"
+    if value.lower() == "memory":
+        return "memory"
+    if value.startswith("sqlite://"):
+        # sqlite:///var/cache/app.db: an absolute path, so the file does not depend on the working directory.
+        path = value[len("sqlite://"):]
+        if not re.fullmatch(r"/[A-Za-z0-9._~/-]{0,250}", path) or path.endswith("/") or "/../" in path + "/":
+            raise ValueError
+        return value
+    return _storage(value)  # a Redis URL, or ValueError
+
+
+def cache_available() -> bool:
+    """Whether hishel (the ``[cache]`` extra) is installed."""
+    return importlib.util.find_spec("hishel") is not None
+
+
 def redis_client_available() -> bool:
     """Whether the redis client (the ``[redis]`` extra) is installed."""
     return importlib.util.find_spec("redis") is not None
@@ -308,6 +329,22 @@ class Settings:
         "BREAKER_STORAGE", "memory", _storage, "memory or a redis://host:port/db, rediss:// or unix:// URL",
         "Where breaker state lives; Redis shares it across processes and replicas.", secret=True,
     )
+    cache: str = _option(
+        "CACHE", "off", _cache,
+        "off, memory, sqlite:///absolute/path.db, or a redis://host:port/db, rediss:// or unix:// URL",
+        "Cache GET and HEAD responses (RFC 9111, shared-cache rules, with hishel); requests carrying "
+        "credentials are never cached.", secret=True,
+    )
+    cache_ttl: float = _option(
+        "CACHE_TTL", 0.0, _number(0, 86400 * 365), "seconds from 0 to 31536000",
+        "Freshness given to cached responses with no Cache-Control and no Expires (0: none, they are only "
+        "kept for stale-if-error); per service, e.g. 300, 600 or 900.",
+    )
+    cache_max_stale: float = _option(
+        "CACHE_MAX_STALE", 300.0, _number(0, 86400 * 365), "seconds from 0 to 31536000",
+        "Stale-if-error: a GET whose call fails (breaker open, probe failing, error or 500/502/503/504 after "
+        "the retries) gets the stored response if it has been stale for less than this (0: never).",
+    )
     max_downstreams: int = _option(
         "MAX_DOWNSTREAMS", 1000, _integer(1, 1_000_000), "an integer from 1 to 1000000",
         "Bound on per-downstream state (breakers, budgets, health); least recently used is evicted.",
@@ -349,8 +386,8 @@ class Settings:
         "LOG_FORMAT", True, _bool, "true or false",
         "Install a default log format showing those IDs when the app configured no logging.",
     )
-    # OTEL_INTEGRATION_SERVICE_<NAME>_<SETTING>: per-service override of TIMEOUT or any RETRY_* or
-    # BREAKER_* setting (not BREAKER_STORAGE) for a logical name of OTEL_INTEGRATION_SERVICES, e.g.
+    # OTEL_INTEGRATION_SERVICE_<NAME>_<SETTING>: per-service override of TIMEOUT, CACHE_TTL,
+    # CACHE_MAX_STALE or any RETRY_* or BREAKER_* setting (not BREAKER_STORAGE) for a logical name of OTEL_INTEGRATION_SERVICES, e.g.
     # OTEL_INTEGRATION_SERVICE_EXTRACT_RETRY_ATTEMPTS=5. Parsed by `_service_overrides`; not a
     # variable of its own, so not in `options()`.
     service_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -395,6 +432,17 @@ class Settings:
                 f"{PREFIX}BREAKER_STORAGE={_shown(storage, secret=True)} needs the redis client: "
                 "pip install 'otel-integration[redis]'; breakers keep their state in memory"
             )
+        cache = values.get("cache", "off")
+        if cache != "off" and not cache_available():
+            problems.append(
+                f"{PREFIX}CACHE={_shown(cache, secret=True)} needs hishel: "
+                "pip install 'otel-integration[cache]'; responses are not cached"
+            )
+        elif cache.startswith(("redis", "rediss", "unix")) and not redis_client_available():
+            problems.append(
+                f"{PREFIX}CACHE={_shown(cache, secret=True)} needs the redis client: "
+                "pip install 'otel-integration[cache,redis]'; responses are not cached"
+            )
         for env in sorted(k for k in environ if k.startswith(PREFIX)):
             if env not in _KNOWN_VARIABLES and not env.startswith(SERVICE_PREFIX):
                 problems.append(f"{env} is not a known setting; it is ignored")
@@ -407,7 +455,8 @@ SERVICE_PREFIX = PREFIX + "SERVICE_"
 def _overridable() -> list[dataclasses.Field[Any]]:
     return [
         f for f in options()
-        if (f.name.startswith(("retry_", "breaker_")) and f.name != "breaker_storage") or f.name == "timeout"
+        if (f.name.startswith(("retry_", "breaker_")) and f.name != "breaker_storage")
+        or f.name in ("timeout", "cache_ttl", "cache_max_stale")
     ]
 
 

@@ -29,6 +29,9 @@ CASES = {
     "OTEL_INTEGRATION_BREAKER_HALF_OPEN_CALLS": ("2", 2, "0"),
     "OTEL_INTEGRATION_BREAKER_FAILURE_STATUS_CODES": ("5xx,429", frozenset({*range(500, 600), 429}), "6xx"),
     "OTEL_INTEGRATION_BREAKER_STORAGE": ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0", "mysql://x"),
+    "OTEL_INTEGRATION_CACHE": ("sqlite:///var/cache/app.db", "sqlite:///var/cache/app.db", "sqlite://relative.db"),
+    "OTEL_INTEGRATION_CACHE_TTL": ("600", 600.0, "10m"),
+    "OTEL_INTEGRATION_CACHE_MAX_STALE": ("0", 0.0, "-1"),
     "OTEL_INTEGRATION_MAX_DOWNSTREAMS": ("10", 10, "-5"),
     "OTEL_INTEGRATION_SERVICES": (
         "extract=http://Extract:8081/api,catalog=catalog",
@@ -201,6 +204,57 @@ def test_a_redis_url_without_the_redis_client_names_the_extra(monkeypatch):
     assert problems == [
         "OTEL_INTEGRATION_BREAKER_STORAGE='redis://:***@cache:6379/0' needs the redis client: "
         "pip install 'otel-integration[redis]'; breakers keep their state in memory"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        ("off", "off"), ("", "off"), ("Memory", "memory"), ("sqlite:///tmp/c.db", "sqlite:///tmp/c.db"),
+        ("redis://:pw@cache:6379/1", "redis://:pw@cache:6379/1"), ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ("sqlite://", None), ("sqlite:///tmp/", None), ("sqlite:///tmp/../etc/x.db", None), ("file:///x", None),
+        ("redis://cache:port/0", None),
+    ],
+)
+def test_cache_values(raw, parsed):
+    settings, problems = Settings.parse({"OTEL_INTEGRATION_CACHE": raw})
+    if parsed is None:
+        assert len(problems) == 1 and problems[0].startswith("OTEL_INTEGRATION_CACHE=")
+        assert settings.cache == "off"
+    else:
+        assert settings.cache == parsed and problems == []
+
+
+def test_a_service_overrides_the_cache_ttl_and_max_stale():
+    settings, problems = Settings.parse({
+        "OTEL_INTEGRATION_SERVICES": "catalog=http://catalog:8082",
+        "OTEL_INTEGRATION_CACHE_TTL": "300",
+        "OTEL_INTEGRATION_SERVICE_CATALOG_CACHE_TTL": "900",
+        "OTEL_INTEGRATION_SERVICE_CATALOG_CACHE_MAX_STALE": "60",
+    })
+    assert problems == []
+    assert (settings.cache_ttl, settings.for_service("catalog").cache_ttl) == (300.0, 900.0)
+    assert settings.for_service("catalog").cache_max_stale == 60.0
+    _, problems = Settings.parse({
+        "OTEL_INTEGRATION_SERVICES": "catalog=http://catalog:8082", "OTEL_INTEGRATION_SERVICE_CATALOG_CACHE": "memory",
+    })
+    assert problems == ["OTEL_INTEGRATION_SERVICE_CATALOG_CACHE is not a known setting; it is ignored"]
+
+
+def test_a_cache_without_hishel_or_the_redis_client_names_the_extra(monkeypatch):
+    from otel_integration import _settings
+
+    monkeypatch.setattr(_settings, "cache_available", lambda: False)
+    _, problems = Settings.parse({"OTEL_INTEGRATION_CACHE": "memory"})
+    assert problems == [
+        "OTEL_INTEGRATION_CACHE='memory' needs hishel: pip install 'otel-integration[cache]'; responses are not cached"
+    ]
+    monkeypatch.setattr(_settings, "cache_available", lambda: True)
+    monkeypatch.setattr(_settings, "redis_client_available", lambda: False)
+    _, problems = Settings.parse({"OTEL_INTEGRATION_CACHE": "redis://:pw@cache:6379/0"})
+    assert problems == [
+        "OTEL_INTEGRATION_CACHE='redis://:***@cache:6379/0' needs the redis client: "
+        "pip install 'otel-integration[cache,redis]'; responses are not cached"
     ]
 
 
