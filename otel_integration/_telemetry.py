@@ -25,6 +25,7 @@ SCOPE = "otel_integration"
 
 # Attribute keys that are ours (no semantic convention exists for them).
 BREAKER_STATE_ATTRIBUTE = "circuit_breaker.state"
+CACHE_OUTCOME_ATTRIBUTE = "http.client.cache.outcome"
 
 # Values of the breaker state gauge.
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -80,6 +81,12 @@ DEPENDENCY_HEALTH = InstrumentSpec(
     "{status}",
     "Result of the last active health probe per downstream: 1 healthy, 0 failing.",
 )
+CACHE_REQUESTS = InstrumentSpec(
+    "http.client.cache.requests",
+    "counter",
+    "{request}",
+    "GET and HEAD calls through the response cache; http.client.cache.outcome: hit, miss, stale or bypass.",
+)
 
 INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     RETRIES,
@@ -89,6 +96,7 @@ INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     BREAKER_REJECTIONS,
     BREAKER_STORAGE_ERRORS,
     DEPENDENCY_HEALTH,
+    CACHE_REQUESTS,
 )
 
 # Emitted by opentelemetry-instrumentation-httpx with stable HTTP semconv.
@@ -147,6 +155,7 @@ class Instruments:
         self.breaker_transitions = counter(BREAKER_TRANSITIONS)
         self.breaker_rejections = counter(BREAKER_REJECTIONS)
         self.breaker_storage_errors = counter(BREAKER_STORAGE_ERRORS)
+        self.cache_requests = counter(CACHE_REQUESTS)
         for spec, callback in ((BREAKER_STATE, breaker_states), (DEPENDENCY_HEALTH, probe_results)):
             meter.create_observable_gauge(spec.name, [callback], unit=spec.unit, description=spec.description)
 

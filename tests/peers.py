@@ -7,6 +7,10 @@ Paths (all answer JSON with the request headers they saw, unless said):
 - ``/slow?delay=<s>``                   sleeps, then 200
 - ``/reset``                            closes the connection without answering
 - ``/reset-once/<key>``                 closes the first time for <key>, then 200
+- ``/cache/<key>?cc=<Cache-Control>&date_ago=<s>&fail_after=N&status=503``
+                                        200 with that Cache-Control (none if absent) and a Date
+                                        <s> seconds ago, its body ``{"key", "served"}`` (the count);
+                                        after N requests for <key>: status (``reset``: closes)
 
 Every request is recorded in `FaultServer.requests` (method, path, headers).
 """
@@ -102,6 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts[0] == "reset":
             self._reset()
             return
+        elif parts[0] == "cache":
+            self._cache(parts[1], query)
+            return
         elif parts[0] == "reset-once":
             with self.server.lock:
                 self.server.counts[parts[1]] += 1
@@ -115,6 +122,31 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in extra.items():
             self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _cache(self, key: str, query: dict[str, str]) -> None:
+        with self.server.lock:
+            self.server.counts["cache:" + key] += 1
+            served = self.server.counts["cache:" + key]
+        if "fail_after" in query and served > int(query["fail_after"]):
+            if query.get("status") == "reset":
+                self._reset()
+                return
+            status = int(query.get("status", "503"))
+            body = b'{"error": "down"}'
+        else:
+            status = 200
+            body = json.dumps({"key": key, "served": served}).encode()
+        self.send_response_only(status)
+        self.send_header("Date", self.date_time_string(time.time() - float(query.get("date_ago", "0"))))
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if "cc" in query:
+            self.send_header("Cache-Control", query["cc"])
+        if "vary" in query:
+            self.send_header("Vary", query["vary"])
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

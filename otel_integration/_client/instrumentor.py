@@ -113,14 +113,27 @@ Transport = TypeVar("Transport", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
 def _wrapper_for(transport: Any, layer: ResilienceLayer, factory: type) -> Any:
-    if isinstance(transport, (ResilientTransport, AsyncResilientTransport)):
-        return transport  # the user composed it by hand: never wrap twice
+    if isinstance(transport, (ResilientTransport, AsyncResilientTransport)) or getattr(transport, "caching", False):
+        return transport  # the user composed it by hand, or it is our caching transport: never wrap twice
     wrapper = factory(transport, layer)
+    if layer.cache is not None:
+        wrapper = _cached(wrapper, layer)
     try:
         setattr(transport, _WRAPPER_ATTRIBUTE, wrapper)
     except AttributeError:
         pass  # a transport with __slots__: a new (stateless) wrapper per request
     return wrapper
+
+
+def _cached(resilient: Any, layer: ResilienceLayer) -> Any:
+    """The resilient transport behind the response cache (outside the retry loop); hishel is imported here."""
+    if isinstance(resilient, AsyncResilientTransport):
+        from otel_integration._client.async_cache import AsyncCachingTransport
+
+        return AsyncCachingTransport(resilient, layer)
+    from otel_integration._client.sync_cache import CachingTransport
+
+    return CachingTransport(resilient, layer)
 
 
 def _wrap(layer: ResilienceLayer, factory: type) -> Any:

@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import httpx
 from opentelemetry import metrics, trace
@@ -29,8 +30,11 @@ from otel_integration._client.breaker.shared import RedisSync
 from otel_integration._client.downstreams import Downstream, Downstreams
 from otel_integration._client.retry_log import STAMINA_LOG_FILTER
 from otel_integration._client.tracing import request_id_attribute
-from otel_integration._settings import Settings, redis_client_available
+from otel_integration._settings import Settings, cache_available, redis_client_available
 from otel_integration._telemetry import BREAKER_STATE_ATTRIBUTE, BREAKER_STATE_VALUES, SCOPE, Instruments
+
+if TYPE_CHECKING:
+    from otel_integration._client.cache import ResponseCache
 
 _logger = logging.getLogger(__name__)
 
@@ -75,6 +79,10 @@ class ResilienceLayer:
         self.downstreams = Downstreams(
             settings, clock=clock, to_epoch=self.to_epoch, on_transition=self._on_transition, shared=self.shared
         )
+        # The response cache (OTEL_INTEGRATION_CACHE), in front of the resilient transports.
+        self.cache: ResponseCache | None = None
+        if settings.cache != "off":
+            self.cache = self._cache(settings)
         self.before_send_hooks: list[BeforeSend] = []
         if settings.auth_forward_to:
             self.before_send_hooks.append(auth.forward_authorization)
@@ -97,10 +105,25 @@ class ResilienceLayer:
             self._logged.add(what)
             return True
 
+    def _cache(self, settings: Settings) -> ResponseCache | None:
+        needs_redis = settings.cache.startswith(("redis", "rediss", "unix"))
+        if not cache_available() or (needs_redis and not redis_client_available()):
+            # `check` reports it too; here the layer runs on without a cache
+            _logger.error(
+                "otel-integration: OTEL_INTEGRATION_CACHE needs pip install 'otel-integration[cache%s]'; "
+                "responses are not cached", ",redis" if needs_redis else "",
+            )
+            return None
+        from otel_integration._client.cache import ResponseCache  # imports hishel only when a storage is made
+
+        return ResponseCache(settings, self.downstreams, self.instruments, self.tracer)
+
     def close(self) -> None:
         self.closed = True
         if self.shared is not None:
             self.shared.close()
+        if self.cache is not None:
+            self.cache.close()
 
     # --- telemetry ------------------------------------------------------------------------------------
 

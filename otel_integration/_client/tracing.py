@@ -14,6 +14,8 @@ final attribute values are known.
 
 A call that never reaches the network (refused by an open breaker or a failing
 probe) has no upstream span; `record_rejected_call` creates the CLIENT span for it.
+With the response cache on, both carry `http.client.cache.outcome` (the cache's
+own spans, of hits and stale answers, are made in `cache.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ HTTPX_SCOPE = "opentelemetry.instrumentation.httpx"
 RESEND_COUNT = "http.request.resend_count"
 PEER_SERVICE = "peer.service"
 REQUEST_BODY_NOT_REPLAYABLE = "otel_integration.request.body_not_replayable"
+# What the response cache did for the call (`cache.py`): hit, miss, stale or bypass.
+CACHE_OUTCOME = "http.client.cache.outcome"
 
 class AttemptInfo:
     """One physical attempt of a logical call, as published to the span processor."""
@@ -63,6 +67,13 @@ current_attempt: contextvars.ContextVar[AttemptInfo | None] = contextvars.Contex
 )
 
 
+# Set by the caching transports around the call they send (`async_cache.py`): every attempt's span,
+# and the span of a refused call, says the cache could not answer (miss) or was not asked (bypass).
+current_cache_outcome: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "otel_integration_current_cache_outcome", default=None
+)
+
+
 class AttemptSpanProcessor(StartOnlySpanProcessor):
     """Annotates httpx CLIENT spans with the attempt published by the transport."""
 
@@ -83,6 +94,9 @@ class AttemptSpanProcessor(StartOnlySpanProcessor):
             span.set_attribute(PEER_SERVICE, attempt.peer_service)
         if attempt.body_not_replayable:
             span.set_attribute(REQUEST_BODY_NOT_REPLAYABLE, True)
+        outcome = current_cache_outcome.get()
+        if outcome is not None:
+            span.set_attribute(CACHE_OUTCOME, outcome)
 
 
 def record_rejected_call(
@@ -109,6 +123,9 @@ def record_rejected_call(
         attributes[RESEND_COUNT] = attempt.resend_count
     if attempt.peer_service:
         attributes[PEER_SERVICE] = attempt.peer_service
+    outcome = current_cache_outcome.get()
+    if outcome is not None:
+        attributes[CACHE_OUTCOME] = outcome
     span = tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
     span.set_status(Status(StatusCode.ERROR, str(error)))
     span.end()
