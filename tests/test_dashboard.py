@@ -109,6 +109,7 @@ def test_dashboard_covers_the_integration(dashboard):
         "http_client_retries_total",
         "http_client_retry_budget_exhausted_total",
         "http_client_dependency_health",
+        "http_client_cache_requests_total",  # hit ratio, stale-served count
     }
     assert required <= used, f"not on the dashboard: {required - used}"
     assert any(re.search(r"by \([^)]*error_type", e) for e in exprs), "errors by error.type"
@@ -116,7 +117,7 @@ def test_dashboard_covers_the_integration(dashboard):
     types = {p["type"] for p in all_panels(dashboard)}
     assert "state-timeline" in types, "breaker states over time"
     titles = " ".join(p["title"].lower() for p in all_panels(dashboard))
-    for word in ("overview", "latency", "error", "breaker", "retr"):
+    for word in ("overview", "latency", "error", "breaker", "retr", "hit ratio", "stale"):
         assert word in titles, f"no panel about {word}"
 
 
