@@ -57,3 +57,13 @@ def test_the_reliability_table_counts_what_the_tests_send():
     for spelling in test_secrets_e2e.SPELLINGS:
         assert f"`{spelling}`" in table
     assert f"cut to {MAX_LOGGED_LENGTH} characters" in table
+
+
+def test_the_cache_numbers_the_readme_gives_are_the_codes():
+    from otel_integration._client import cache
+
+    section = README[README.index("### Response caching"):README.index("### Errors")]
+    assert cache.MEMORY_MAX_SIZE == 64 * 1024 * 1024 and "at most 64 MiB" in section
+    assert Settings().cache_max_stale == 300.0 and "(300 s; 0 turns this off)" in section
+    assert Settings().cache_ttl == 0.0 and "0 by default" in section
+    assert sorted(cache.STALE_STATUSES) == [500, 502, 503, 504] and "500, 502, 503\n  or 504" in section
