@@ -80,6 +80,12 @@ DEPENDENCY_HEALTH = InstrumentSpec(
     "{status}",
     "Result of the last active health probe per downstream: 1 healthy, 0 failing.",
 )
+VALIDATION_ERRORS = InstrumentSpec(
+    "http.client.response.validation_errors",
+    "counter",
+    "{response}",
+    "Responses that otel_integration.validate() found not to match the caller's schema.",
+)
 
 INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     RETRIES,
@@ -89,6 +95,7 @@ INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     BREAKER_REJECTIONS,
     BREAKER_STORAGE_ERRORS,
     DEPENDENCY_HEALTH,
+    VALIDATION_ERRORS,
 )
 
 # Emitted by opentelemetry-instrumentation-httpx with stable HTTP semconv.
@@ -147,6 +154,7 @@ class Instruments:
         self.breaker_transitions = counter(BREAKER_TRANSITIONS)
         self.breaker_rejections = counter(BREAKER_REJECTIONS)
         self.breaker_storage_errors = counter(BREAKER_STORAGE_ERRORS)
+        self.validation_errors = counter(VALIDATION_ERRORS)
         for spec, callback in ((BREAKER_STATE, breaker_states), (DEPENDENCY_HEALTH, probe_results)):
             meter.create_observable_gauge(spec.name, [callback], unit=spec.unit, description=spec.description)
 
