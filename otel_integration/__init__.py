@@ -7,6 +7,9 @@ cannot use the launcher::
 
     otel_integration.configure()   # once, before creating httpx clients
 
+Opt-in, with the launcher too: ``otel_integration.validate(response, Model)``
+checks a downstream's JSON body against a pydantic model or any callable.
+
 The names below are the public API; modules starting with an underscore are
 internal. ``otel_integration.devtools`` holds the developer tools (an OTLP
 receiver, the terminal trace view).
@@ -38,7 +41,12 @@ _PUBLIC = {
     "health_report": "otel_integration._server.health",
     "health_asgi_app": "otel_integration._server.health",
     "health_wsgi_app": "otel_integration._server.health",
+    "validate": "otel_integration._validation",
     "IntegrationError": "otel_integration.errors",
+    "ServiceUnavailableError": "otel_integration.errors",
+    "IntegrationTimeoutError": "otel_integration.errors",
+    "AuthenticationError": "otel_integration.errors",
+    "ValidationError": "otel_integration.errors",
     "CircuitOpenError": "otel_integration.errors",
     "DownstreamUnhealthyError": "otel_integration.errors",
 }
@@ -73,4 +81,13 @@ if TYPE_CHECKING:
     from otel_integration._server.health import wsgi_endpoint as health_wsgi_app
     from otel_integration._server.instrumentor import ServerInstrumentor
     from otel_integration._server.wsgi import RequestIdWSGIMiddleware
-    from otel_integration.errors import CircuitOpenError, DownstreamUnhealthyError, IntegrationError
+    from otel_integration._validation import validate
+    from otel_integration.errors import (
+        AuthenticationError,
+        CircuitOpenError,
+        DownstreamUnhealthyError,
+        IntegrationError,
+        IntegrationTimeoutError,
+        ServiceUnavailableError,
+        ValidationError,
+    )

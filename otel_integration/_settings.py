@@ -378,6 +378,11 @@ class Settings:
         "REDACT_QUERY_PARAMS", frozenset(), _parameter_names, "parameter names separated by commas",
         "More query and fragment parameters whose values are exported as REDACTED, besides the built-in list.",
     )
+    structured_errors: bool = _option(
+        "STRUCTURED_ERRORS", True, _bool, "true or false",
+        "A call that fails, and raise_for_status(), raise the types of otel_integration.errors "
+        "(each also the httpx class); false: httpx's own.",
+    )
     log_correlation: bool = _option(
         "LOG_CORRELATION", True, _bool, "true or false",
         "Add request_id, trace_id and span_id to every stdlib log record.",

@@ -87,6 +87,12 @@ CACHE_REQUESTS = InstrumentSpec(
     "{request}",
     "GET and HEAD calls through the response cache; http.client.cache.outcome: hit, miss, stale or bypass.",
 )
+VALIDATION_ERRORS = InstrumentSpec(
+    "http.client.response.validation_errors",
+    "counter",
+    "{response}",
+    "Responses that otel_integration.validate() found not to match the caller's schema.",
+)
 
 INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     RETRIES,
@@ -97,6 +103,7 @@ INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     BREAKER_STORAGE_ERRORS,
     DEPENDENCY_HEALTH,
     CACHE_REQUESTS,
+    VALIDATION_ERRORS,
 )
 
 # Emitted by opentelemetry-instrumentation-httpx with stable HTTP semconv.
@@ -156,6 +163,7 @@ class Instruments:
         self.breaker_rejections = counter(BREAKER_REJECTIONS)
         self.breaker_storage_errors = counter(BREAKER_STORAGE_ERRORS)
         self.cache_requests = counter(CACHE_REQUESTS)
+        self.validation_errors = counter(VALIDATION_ERRORS)
         for spec, callback in ((BREAKER_STATE, breaker_states), (DEPENDENCY_HEALTH, probe_results)):
             meter.create_observable_gauge(spec.name, [callback], unit=spec.unit, description=spec.description)
 

@@ -24,7 +24,7 @@ from otel_integration import AsyncResilientTransport, ResilientTransport
 from otel_integration._client.breaker import Outcome
 from otel_integration._client.layer import ResilienceLayer
 from otel_integration._settings import Settings
-from otel_integration.errors import CircuitOpenError
+from otel_integration.errors import CircuitOpenError, IntegrationError
 from tests.conftest import FAST, FakeClock, reader_total
 from tests.peers import QuickFaultServer
 
@@ -354,7 +354,10 @@ def test_the_final_error_is_raised_outside_any_except_block(twin):
     with pytest.raises(httpx.ConnectError) as caught:
         t.send(httpx.Request("GET", "http://svc.test/"), handler=handler)
     error = caught.value
-    assert error.__context__ is None and error.__cause__ is None
+    # The structured twin, raised from httpx's error of the last attempt, itself raised outside any except.
+    original = error.__cause__
+    assert isinstance(error, IntegrationError) and type(original) is httpx.ConnectError
+    assert error.__suppress_context__ and original.__context__ is None and original.__cause__ is None
     text = "".join(traceback.format_exception(error))
     assert "AttemptOutcome" not in text and "During handling" not in text
 

@@ -271,7 +271,9 @@ def test_breaker_opens_dms_fails_fast_naming_extract_and_recovers(run: Run) -> N
     assert all(r.body["downstream"] == "extract" for r in down)
     reasons = [r.body["reason"] for r in down]
     # First calls exhaust their retries on 503s; once the breaker opens, calls fail fast.
-    assert reasons[0] == "HTTPStatusError"
+    # The structured error (issue 14): a 503 after every retry is the seed's ServiceUnavailableError.
+    assert reasons[0] == "UnavailableStatusError"
+    assert "from extract for POST" in down[0].body["detail"] and "3 attempts" in down[0].body["detail"]
     assert reasons[-1] == "CircuitOpenError", reasons
     fast = [r for r in down if r.body["reason"] == "CircuitOpenError"]
     for result in fast:
@@ -313,6 +315,30 @@ def _group_members(pgids: list[int]) -> list[int]:
     return members
 
 
+# --------------------------------------------------------------------------- validation
+
+
+def test_catalog_validates_extracts_schema_and_names_each_field(run: Run) -> None:
+    (drift,) = run.by_phase("drift")
+    assert drift.status == 201, drift.body  # registered without the schema, as catalog decided
+    log = run.log("catalog")
+    line = next(line for line in log.splitlines() if "schema analysis of" in line and "rejected" in line)
+    assert f"request_id={drift.request_id}" in line or drift.request_id in line
+    assert "response of extract to GET /schema/" in line and "does not match SchemaAnalysis (2 fields)" in line
+    assert "schema.fields: expected Input should be a valid list, got string" in line
+    assert "schema.fingerprint: expected Input should be a valid string, got number" in line
+    # Telemetry: the counter by downstream, the event on catalog's span of the request.
+    assert _counter(run, "http.client.response.validation_errors", "catalog", peer_service="extract") == 1
+    events = [
+        attrs for s in run.trace(drift) if s.service_name == "catalog" for name, attrs in s.events
+        if name == "http.client.response.validation_error"
+    ]
+    assert len(events) == 1 and events[0]["validation.field_count"] == 2
+    assert list(events[0]["validation.fields"]) == ["schema.fields", "schema.fingerprint"]
+    healthy = [r for r in run.by_phase("healthy") if r.request_id]
+    assert all(r.status == 201 for r in healthy)
+
+
 def test_no_service_process_left(run: Run) -> None:
     assert len(set(run.pids)) == 3
     assert pids_alive(run.pids) == []
@@ -334,7 +360,7 @@ def test_demo_script_runs_to_completion(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    for marker in ("phase 1/4: healthy", "phase 4/4: recovered", "retry #2",
+    for marker in ("phase 1/5: healthy", "phase 4/5: recovered", "phase 5/5: drift", "retry #2",
                    CIRCUIT_OPEN, "->open x1, ->half_open x1, ->closed x1",
                    "http://localhost:16686", "no service process left running"):
         assert marker in out, marker
@@ -355,7 +381,7 @@ def test_demo_ctrl_c_stops_every_service(tmp_path: Path) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             output.append(line)
-            if "phase 1/4" in line:
+            if "phase 1/5" in line:
                 break
         pids = [int(p) for p in re.findall(r"pid (\d+)", "".join(output))]
         assert len(pids) == 3, "".join(output)

@@ -48,6 +48,7 @@ CASES = {
     "OTEL_INTEGRATION_HEALTH_UNHEALTHY_WHEN": ("any_open", "any_open", "sometimes"),
     "OTEL_INTEGRATION_AUTH_FORWARD_TO": ("catalog, extract:8081", frozenset({"catalog", "extract:8081"}), "a b"),
     "OTEL_INTEGRATION_REDACT_QUERY_PARAMS": ("session_key, X-Sig", frozenset({"session_key", "X-Sig"}), "a=b"),
+    "OTEL_INTEGRATION_STRUCTURED_ERRORS": ("no", False, "maybe"),
     "OTEL_INTEGRATION_LOG_CORRELATION": ("off", False, "2"),
     "OTEL_INTEGRATION_LOG_FORMAT": ("no", False, "perhaps"),
 }

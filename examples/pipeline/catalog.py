@@ -3,7 +3,8 @@
 Endpoints
 - ``POST /register``          register one document; asks extract for its schema
                               (``GET {EXTRACT_URL}/schema/{doc_id}``) with a *sync*
-                              httpx.Client, from a threadpool endpoint
+                              httpx.Client, from a threadpool endpoint, and checks
+                              the answer with ``otel_integration.validate``
 - ``POST /register/bulk``     bulk registration of extracted entities (called by extract)
 - ``GET  /quality/{doc_id}``  quality metrics of a registered document
 """
@@ -13,8 +14,9 @@ from __future__ import annotations
 import threading
 
 import httpx
+import otel_integration
 from fastapi import HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from common import create_app, log_requests, service_url
 
@@ -33,6 +35,18 @@ class Registration(BaseModel):
     entities: list[str] = []
 
 
+class Schema(BaseModel):
+    fields: list[str]
+    fingerprint: str
+
+
+class SchemaAnalysis(BaseModel):
+    """What catalog expects from extract's ``GET /schema/{doc_id}``."""
+
+    doc_id: str
+    analysis: Schema = Field(alias="schema")
+
+
 class BulkItem(BaseModel):
     doc_id: str
     entity: str
@@ -49,7 +63,12 @@ def register(reg: Registration) -> dict:
     try:
         response = extract.get(f"/schema/{reg.doc_id}")
         response.raise_for_status()
-        schema = response.json()["schema"]
+        # The one line of this pipeline that knows otel_integration: an opt-in check of the
+        # answer's shape, which names each wrong field and counts it per downstream.
+        schema = otel_integration.validate(response, SchemaAnalysis).analysis.model_dump()
+    except otel_integration.ValidationError as exc:
+        logger.warning("schema analysis of %s rejected: %s", reg.doc_id, exc)
+        schema = None
     except httpx.HTTPError as exc:
         # Schema analysis is an enrichment: register without it rather than fail.
         logger.warning("schema analysis unavailable for %s: %s", reg.doc_id, type(exc).__name__)

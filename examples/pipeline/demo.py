@@ -87,6 +87,8 @@ def pick_examples(results: list[Result]) -> list[tuple[str, Result]]:
           "down: the breaker is open, dms fails fast with CircuitOpenError and answers 503")
     first(lambda r: r.phase == "recovered" and r.status == 201,
           "recovered: the half-open trial call succeeded, the breaker closed")
+    first(lambda r: r.phase == "drift" and r.status == 201,
+          "drift: catalog's validate() rejected extract's new schema shape (span event, counter)")
     return chosen
 
 

@@ -8,7 +8,8 @@ Endpoints
 - ``POST /admin/fault``         fault injection, driven by the demo (never faulted itself):
   ``{"mode": "ok"}``, ``{"mode": "slow", "delay": 0.3}``,
   ``{"mode": "flaky", "fail": 2, "ok": 1}`` (bursts of ``fail`` 503s, then ``ok`` successes),
-  ``{"mode": "down"}`` (every request 503)
+  ``{"mode": "down"}`` (every request 503); ``"schema": "drift"`` with any mode: ``/schema``
+  answers in a shape catalog does not expect
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ class Fault:
             self.delay = float(spec.get("delay", 0.3))
             self.fail = int(spec.get("fail", 2))
             self.ok = int(spec.get("ok", 1))
+            self.schema = spec.get("schema", "ok")
             self.seen = 0
             return self.describe()
 
     def describe(self) -> dict:
-        return {"mode": self.mode, "delay": self.delay, "fail": self.fail, "ok": self.ok}
+        return {"mode": self.mode, "delay": self.delay, "fail": self.fail, "ok": self.ok, "schema": self.schema}
 
     def should_fail(self) -> bool:
         with self.lock:
@@ -116,6 +118,8 @@ async def extract(doc: Document) -> dict:
 @app.get("/schema/{doc_id}")
 async def schema(doc_id: str) -> dict:
     digest = hashlib.sha256(doc_id.encode()).hexdigest()
+    if fault.schema == "drift":  # a new version of the analysis: fields joined, fingerprint a number
+        return {"doc_id": doc_id, "schema": {"fields": "title,body,entities", "fingerprint": int(digest[:8], 16)}}
     return {"doc_id": doc_id, "schema": {"fields": ["title", "body", "entities"], "fingerprint": digest[:12]}}
 
 

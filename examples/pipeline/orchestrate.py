@@ -2,8 +2,8 @@
 
 Used by ``demo.py`` (the terminal demo) and ``tests/test_pipeline_e2e.py``. Only the
 standard library, httpx (as a plain client) and the package's receiver/trace view:
-the services themselves never import ``otel_integration``; the distro reaches them
-through ``opentelemetry-instrument``.
+the distro reaches the services through ``opentelemetry-instrument``; the one
+line that imports ``otel_integration`` is catalog's opt-in ``validate()``.
 
     with Pipeline(workdir) as pipe:          # receiver + 3 services, or an external endpoint
         results = pipe.run_phases()
@@ -305,6 +305,9 @@ class Pipeline:
             Phase("recovered", f"extract is back; after {self.breaker_open_seconds:g}s the "
                   "breaker lets a trial call through (half-open) and closes",
                   {"mode": "ok"}, 2, until_half_open=True),
+            Phase("drift", "extract's schema analysis changes shape: catalog's validate() names "
+                  "each wrong field, counts it, and registers the document without the schema",
+                  {"mode": "ok", "schema": "drift"}, 1),
         ]
 
     def run_phases(self, on_result: Any = None, on_phase: Any = None,

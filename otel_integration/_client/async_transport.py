@@ -56,7 +56,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         except BaseException as error:
             outcome = call.failed(error)
             if outcome is None:
-                raise
+                raise call.raised(error)  # noqa: B904 - the twin's cause is set: it is the same failure
             return outcome
         return call.answered(response)
 

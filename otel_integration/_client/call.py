@@ -12,6 +12,7 @@ does only the I/O. Everything else is asked here, in this order::
     call.readmit(outcome)                  -> False: a retry refused after the wait (breaker opened,
                                               deadline passed); the last outcome stands
     call.finish(outcome)                   -> the response, or raises the error outside any except
+                                              (its structured twin: `structured.py`)
 
 Decisions, each in one place below:
 
@@ -36,7 +37,7 @@ from typing import Any
 import httpx
 import stamina
 
-from otel_integration._client import policy, retry_log
+from otel_integration._client import policy, retry_log, structured
 from otel_integration._client.breaker import Outcome, Permit
 from otel_integration._client.probes import first_result_wait
 from otel_integration._client.layer import ResilienceLayer
@@ -86,7 +87,7 @@ class Call:
 
     __slots__ = (
         "layer", "request", "downstream", "attempts", "can_retry", "deadline_at", "replayable", "made",
-        "retries", "withdrawn", "first_info", "measured", "_permit", "_started", "_elapsed", "_token", "_outcomes",
+        "retries", "withdrawn", "first_info", "measured", "request_id", "last_status", "_permit", "_started", "_elapsed", "_token", "_outcomes",
     )
 
     @classmethod
@@ -120,6 +121,7 @@ class Call:
         else:
             request_id = get_request_id() or new_request_id()
             request.headers[header] = request_id
+        self.request_id = request_id
         url = request.url
         downstream = self.downstream = layer.downstreams.get(
             url.host, url.port or (443 if url.scheme == "https" else 80)
@@ -142,6 +144,7 @@ class Call:
         self.made = 0  # attempts started
         self.retries = 0  # retries started
         self.withdrawn = False  # a budget token taken for the coming retry
+        self.last_status: int | None = None  # of the last answered attempt
         self.first_info = AttemptInfo(
             0, layer.request_id_attribute, (request_id,) if request_id else None,
             downstream.peer_service, not self.replayable,
@@ -213,6 +216,8 @@ class Call:
         return None
 
     def _rejected(self, error: IntegrationError) -> IntegrationError:
+        error.attempts, error.request_id, error.trace_id = self.made, self.request_id, structured.current_trace_id()
+        error.status = self.last_status
         attributes = {**self.downstream.attributes, "http.request.method": self.request.method}
         if isinstance(error, CircuitOpenError):
             self.layer.instruments.breaker_rejections.add(1, attributes)
@@ -244,6 +249,7 @@ class Call:
         self._started = time.perf_counter()
 
     def answered(self, response: httpx.Response) -> AttemptOutcome:
+        self.last_status = response.status_code
         self._end(
             Outcome.FAILURE if response.status_code in self.downstream.settings.breaker_failure_status_codes
             else Outcome.SUCCESS,
@@ -356,6 +362,22 @@ class Call:
             seen.__traceback__ = None
         self._outcomes.clear()
         if error is not None:
-            raise error
+            raise self.raised(error)
         assert response is not None
+        info: structured.CallInfo = {"downstream": self.downstream.key, "attempts": self.made, "request_id": self.request_id}
+        response.extensions[structured.CALL_INFO] = info  # for raise_for_status
         return response
+
+    def raised(self, error: BaseException) -> BaseException:
+        """What the caller gets for the call's last error: its structured twin (unless switched off)."""
+        if not (self.downstream.settings.structured_errors and isinstance(error, httpx.TransportError)):
+            return error
+        try:
+            return structured.transport_error(
+                error, downstream=self.downstream.key, attempts=self.made, request_id=self.request_id,
+                status=self.last_status, request=self.request, redactor=self.layer.redactor,
+            )
+        except Exception:  # noqa: BLE001 - our bug must not change what the caller gets
+            if self.layer.log_once("structured"):
+                _logger.exception("otel-integration: could not build a structured error; raising httpx's")
+            return error

@@ -22,8 +22,8 @@ one CLIENT span per physical attempt.
 
 The instrumentor also turns on what a client gets from the distro besides
 retries: log correlation (`request_id`, `trace_id`, `span_id` on log records),
-the active health probes and auth forwarding (both read from the settings by
-the layer). It never raises: if the layer cannot be built from the settings,
+the active health probes, auth forwarding (both read from the settings by
+the layer) and the structured ``raise_for_status()`` (`structured.py`). It never raises: if the layer cannot be built from the settings,
 it logs one error and uses the defaults; if that fails too, httpx is left as
 it is, and the upstream instrumentations stay on.
 """
@@ -43,6 +43,7 @@ from wrapt import wrap_function_wrapper
 from otel_integration import _distro as distro
 from otel_integration import _logs as logs
 from otel_integration._client import layer as layers
+from otel_integration._client import structured
 from otel_integration._client.async_transport import AsyncResilientTransport
 from otel_integration._client.layer import ResilienceLayer
 from otel_integration._client.sync_transport import ResilientTransport
@@ -81,6 +82,8 @@ class OtelIntegrationInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 _logger.exception("otel-integration: could not set up the httpx layer; httpx clients are left as they are")
                 return
         logs.install(settings)
+        if settings.structured_errors:
+            structured.install(layer.redactor)
         layers.set_active(layer)
         wrap_function_wrapper(httpx.Client, "_transport_for_url", _wrap(layer, ResilientTransport))
         wrap_function_wrapper(httpx.AsyncClient, "_transport_for_url", _wrap(layer, AsyncResilientTransport))
@@ -99,6 +102,7 @@ class OtelIntegrationInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         unwrap(httpx.Client, "_transport_for_url")
         unwrap(httpx.AsyncClient, "_transport_for_url")
         layers.set_active(None)
+        structured.uninstall()
         layer.close()
         logs.uninstall()
 

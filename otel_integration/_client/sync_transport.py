@@ -43,7 +43,7 @@ class ResilientTransport(httpx.BaseTransport):
         except BaseException as error:
             outcome = call.failed(error)
             if outcome is None:
-                raise
+                raise call.raised(error)  # noqa: B904 - the twin's cause is set: it is the same failure
             return outcome
         return call.answered(response)
 
