@@ -182,3 +182,13 @@ def test_exponential_backoff_jitter_is_bounded_and_capped():
 def test_exponential_backoff_huge_retry_number_is_the_maximum():
     assert policy.exponential_backoff(5000, initial=0.1, maximum=3.0, jitter=0) == 3.0
     assert policy.exponential_backoff(5000, initial=0.1, maximum=3.0, jitter=1.0) == 3.0
+
+
+def test_a_structured_twin_is_judged_as_its_httpx_class():
+    """The cache's stale-if-error and a nested layer see the twins (issue 14): a downstream failure stays one."""
+    from otel_integration import errors
+
+    twin = errors.ConnectError("refused", downstream="x:1")
+    assert policy.fails_downstream(twin) and policy.fails_downstream(httpx.ConnectError("refused"))
+    assert not policy.fails_downstream(errors.PoolTimeout("pool full", downstream="x:1"))
+    assert not policy.fails_downstream(errors.CircuitOpenError(downstream="x:1", retry_at=None))

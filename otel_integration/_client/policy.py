@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from otel_integration.errors import IntegrationError
+from otel_integration.errors import CircuitOpenError, DownstreamUnhealthyError, IntegrationError
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 IDEMPOTENCY_KEY = "idempotency-key"
@@ -48,7 +48,9 @@ def fails_downstream(error: BaseException) -> bool:
     (`PoolTimeout`), a request httpx refused to send (`LocalProtocolError`,
     `UnsupportedProtocol`), a proxy failing, cancellation, our fail-fast errors.
     """
-    if isinstance(error, (httpx.PoolTimeout, httpx.ProxyError, IntegrationError)):
+    # The fail-fast refusals sent nothing; a structured twin (errors.ConnectError, ...) is its
+    # httpx class and judged as that.
+    if isinstance(error, (httpx.PoolTimeout, httpx.ProxyError, CircuitOpenError, DownstreamUnhealthyError)):
         return False
     return isinstance(error, (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError))
 
