@@ -173,6 +173,21 @@ def test_runbooks_have_the_expected_sections():
             assert section in text, f"runbook {rule['alert']}: no '{section}' section"
 
 
+def test_runbooks_name_only_error_types_that_exist():
+    """An error.type a runbook tells the reader to look for is one spans and metrics carry."""
+    import httpx
+
+    from otel_integration import errors
+
+    named = set()
+    for path in RUNBOOKS.glob("*.md"):
+        for name in re.findall(r"`(?:httpx\.)?([A-Z][A-Za-z]*(?:Error|Timeout))`", path.read_text()):
+            named.add(name)
+            assert hasattr(errors, name) or hasattr(httpx, name), f"{path.name}: `{name}` is no error type"
+    breaker = (RUNBOOKS / "HttpClientCircuitBreakerOpen.md").read_text()
+    assert "`CircuitOpenError`" in breaker and {"ConnectError", "ReadTimeout"} <= named
+
+
 def test_observability_doc_describes_every_alert():
     text = OBSERVABILITY_DOC.read_text()
     for rule in alert_rules():

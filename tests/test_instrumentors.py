@@ -118,6 +118,22 @@ def test_an_evicted_downstream_stops_being_reported(instrument, fault_server):
     assert dependencies == {f"127.0.0.1:{other.port}"}
 
 
+def test_the_breaker_gauge_reports_the_state_at_collection_time_without_traffic(instrument, fault_server, clock):
+    """Issue 12: an open breaker kept exporting 2 after its open time, while /healthz said half_open."""
+    inst = instrument(clock=clock, retry_attempts=1, breaker_threshold=1, breaker_open_seconds=1)
+    with httpx.Client() as client:
+        client.get(fault_server.url + "/status/500")
+
+    def gauge() -> list[float]:
+        return [p.value for a, p in inst.metric_points("http.client.circuit_breaker.state")
+                if a.get("server.port") == fault_server.port]
+
+    assert gauge() == [2]  # open
+    clock.advance(1.5)  # no call in between: only time passes
+    assert gauge() == [1]  # half-open, as the breaker itself says
+    assert health.report(inst.layer)[1]["dependencies"][f"127.0.0.1:{fault_server.port}"]["breaker"] == "half_open"
+
+
 def test_instrument_client_puts_one_client_behind_the_layer(fault_server):
     layer = layers.ResilienceLayer(replace(Settings(), **FAST))
     try:
