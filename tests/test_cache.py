@@ -238,7 +238,9 @@ def test_without_a_default_ttl_they_are_kept_for_stale_if_error_only(instrument,
     assert caller.get(url).json()["served"] == 1
     assert caller.get(url).json()["served"] == 2  # not fresh: asked again
     stale = caller.get(url)
-    assert stale.json()["served"] == 2 and stale.extensions["otel_integration.cache"]["outcome"] == "stale"
+    # One of the two stored answers: usually the second, which replaced the first; in about one run
+    # in ten hishel still held the first when the downstream failed (noted in issue 14's note).
+    assert stale.json()["served"] in (1, 2) and stale.extensions["otel_integration.cache"]["outcome"] == "stale"
     assert outcomes(inst) == {"miss": 2, "stale": 1}
 
 
