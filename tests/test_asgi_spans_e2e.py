@@ -93,6 +93,15 @@ def test_the_variable_brings_the_receive_and_send_spans_back(services: Any, app:
     assert all(s.parent_span_id == server.span_id for s in spans if s.kind == "INTERNAL")
 
 
+@pytest.mark.parametrize("app", ["starlette", "fastapi"])
+def test_the_server_span_is_the_same_either_way(services: Any, app: str) -> None:
+    (default,) = spans_of_one_request(services, f"{app}-default", "POST", "/echo")
+    (server,) = [s for s in spans_of_one_request(services, f"{app}-all-spans", "POST", "/echo") if s.kind == "SERVER"]
+    assert (default.name, default.status_code) == (server.name, server.status_code)
+    assert set(default.attributes) == set(server.attributes)
+    assert default.attributes["http.response.status_code"] == server.attributes["http.response.status_code"] == 200
+
+
 def test_a_bad_value_is_reported_and_the_default_holds(services: Any) -> None:
     launched, _receiver = services
     spans = spans_of_one_request(services, "starlette-bad-value")
