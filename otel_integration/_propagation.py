@@ -41,6 +41,11 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % MAX_REQUEST_ID_LENGTH)
 
 REQUEST_ID_KEY = otel_context.create_key("otel_integration.request_id")
 
+# Where the server middleware (`_server/`) leaves the request's validated ID in the
+# ASGI scope / WSGI environ it handles: the carrier the upstream server
+# instrumentations then extract from.
+CARRIER_KEY = "otel_integration.request_id"
+
 DEFAULT_HEADER = "X-Request-ID"
 DEFAULT_INCOMING_HEADERS = ("X-Request-ID", "X-Correlation-ID", "X-Trace-ID")
 
@@ -127,6 +132,13 @@ class RequestIdPropagator(TextMapPropagator):
             context = otel_context.get_current()
         if not self.enabled:
             return context
+        if isinstance(carrier, dict):
+            # A request our server middleware handles: it chose the ID already (the
+            # header of the carrier holds that same value); reading the headers again,
+            # decoding and validating them, would find nothing else.
+            handled = carrier.get(CARRIER_KEY)
+            if handled is not None:
+                return set_request_id(handled, context)
         for name in self.incoming_headers:
             values = getter.get(carrier, name)
             if values is None and name.lower() != name:

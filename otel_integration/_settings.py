@@ -118,6 +118,19 @@ def _header_names(raw: str) -> tuple[str, ...]:
     return names
 
 
+ASGI_INTERNAL_SPANS = ("receive", "send")
+
+
+def _asgi_internal_spans(raw: str) -> frozenset[str]:
+    """`receive,send` -> {"receive", "send"}; `none` -> the empty set."""
+    names = {p.strip().lower() for p in raw.split(",") if p.strip()}
+    if names == {"none"}:
+        return frozenset()
+    if not names or not names <= set(ASGI_INTERNAL_SPANS):
+        raise ValueError
+    return frozenset(names)
+
+
 def _names(raw: str) -> frozenset[str]:
     names = {p.strip().lower() for p in raw.split(",") if p.strip()}
     for name in names:
@@ -271,6 +284,11 @@ class Settings:
         "REQUEST_ID_INCOMING_HEADERS", ("X-Request-ID", "X-Correlation-ID", "X-Trace-ID"), _header_names,
         "up to 8 comma-separated header names, none a framing, hop-by-hop, trace-context or credential header",
         "Headers searched, in order, for an incoming correlation ID; the first valid one wins.",
+    )
+    asgi_internal_spans: frozenset[str] = _option(
+        "ASGI_INTERNAL_SPANS", frozenset(), _asgi_internal_spans, "receive, send or receive,send (or none)",
+        "The upstream ASGI middleware's INTERNAL spans kept for Starlette, FastAPI and plain ASGI apps under the "
+        "launcher: `http receive` per message read, `http send` per message sent (empty: only the SERVER span).",
     )
     timeout: float = _option(
         "TIMEOUT", 0.0, _number(0, 3600), "seconds from 0 to 3600",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from otel_integration.devtools import receive
 from otel_integration.devtools.otlp import Span
-from otel_integration.devtools.traceview import visible
 from tests.conftest import FakeClock
 
 
@@ -51,7 +50,3 @@ def test_late_spans_are_printed_on_their_own_marked_late():
     assert [s.span_id for s in spans] == ["3"] and late
 
 
-def test_asgi_send_and_receive_spans_are_hidden():
-    spans = [span("1", name="GET /x"), span("2", "1", name="GET /x http send", kind="INTERNAL"),
-             span("3", "1", name="GET /x http receive", kind="INTERNAL"), span("4", "1", name="db", kind="INTERNAL")]
-    assert [s.span_id for s in visible(spans)] == ["1", "4"]

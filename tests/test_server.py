@@ -540,3 +540,36 @@ def test_health_statistics_and_auth_forwarding_only_when_configured():
 
     configured = ResilienceLayer(replace(Settings(), health_path="/healthz", auth_forward_to=frozenset({"catalog"})))
     assert len(configured.before_send_hooks) == 1 and configured.keeps_stats  # auth forwarding, latency window
+
+
+# --- the upstream ASGI middleware's INTERNAL spans ---------------------------------------------
+
+
+def _internal_spans_of(inst: Any, app: Any) -> list[str]:
+    run_asgi(app)
+    return sorted(s.name for s in inst.spans() if s.kind.name == "INTERNAL")
+
+
+def test_internal_asgi_spans_off_by_default_and_an_explicit_choice_is_kept(instrument: Any) -> None:
+    inst = instrument()
+    ours = ServerInstrumentor()
+    ours.instrument(settings=Settings())
+    try:
+        provider = inst.layer.tracer_provider
+        assert _internal_spans_of(inst, OpenTelemetryMiddleware(plain_app, tracer_provider=provider)) == []
+        explicit = OpenTelemetryMiddleware(plain_app, tracer_provider=provider, exclude_spans=[])
+        assert _internal_spans_of(inst, explicit) == ["GET / http send", "GET / http send"]
+    finally:
+        ours.uninstrument()
+    assert not hasattr(OpenTelemetryMiddleware.__init__, "__wrapped__")  # restored
+
+
+def test_internal_asgi_spans_kept_as_the_setting_says(instrument: Any) -> None:
+    inst = instrument()
+    ours = ServerInstrumentor()
+    ours.instrument(settings=replace(Settings(), asgi_internal_spans=frozenset({"send"})))
+    try:
+        middleware = OpenTelemetryMiddleware(plain_app, tracer_provider=inst.layer.tracer_provider)
+        assert (middleware.exclude_receive_span, middleware.exclude_send_span) == (True, False)
+    finally:
+        ours.uninstrument()

@@ -15,6 +15,7 @@ CASES = {
     "OTEL_INTEGRATION_ENABLED": ("false", False, "maybe"),
     "OTEL_INTEGRATION_REQUEST_ID_HEADER": ("X-Correlation-ID", "X-Correlation-ID", "X Request"),
     "OTEL_INTEGRATION_REQUEST_ID_INCOMING_HEADERS": ("X-A, X-B", ("X-A", "X-B"), "X-A,bad header"),
+    "OTEL_INTEGRATION_ASGI_INTERNAL_SPANS": ("Receive, send", frozenset({"receive", "send"}), "receive,headers"),
     "OTEL_INTEGRATION_TIMEOUT": ("2.5", 2.5, "-1"),
     "OTEL_INTEGRATION_RETRY_ATTEMPTS": ("5", 5, "0"),
     "OTEL_INTEGRATION_RETRY_INITIAL_WAIT": ("0.5", 0.5, "-1"),
@@ -91,6 +92,20 @@ def test_defaults_match_the_issue():
     assert (s.breaker_threshold, s.breaker_open_seconds) == (5, 30.0)
     assert s.breaker_failure_status_codes == set(range(500, 600))
     assert s.request_id_header == "X-Request-ID"
+
+
+@pytest.mark.parametrize(("raw", "kept"), [("send", {"send"}), ("receive", {"receive"}), ("none", set()), (" ", set())])
+def test_asgi_internal_spans_values(raw: str, kept: set[str]) -> None:
+    settings, problems = Settings.parse({"OTEL_INTEGRATION_ASGI_INTERNAL_SPANS": raw})
+    assert problems == [] and settings.asgi_internal_spans == kept
+
+
+def test_asgi_internal_spans_bad_value_names_the_variable_value_and_expectation() -> None:
+    _settings, problems = Settings.parse({"OTEL_INTEGRATION_ASGI_INTERNAL_SPANS": "all"})
+    assert problems == [
+        "OTEL_INTEGRATION_ASGI_INTERNAL_SPANS='all' is invalid: expected receive, send or receive,send (or none); "
+        "using the default (empty)"
+    ]
 
 
 def test_empty_value_means_default():

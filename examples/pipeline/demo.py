@@ -224,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if pipe.receiver is not None:
         spans = pipe.receiver.spans()
-        p.heading("traces (from the embedded receiver; ASGI send/receive spans hidden)")
-        from otel_integration.devtools.traceview import render_trace, visible
+        p.heading("traces (from the embedded receiver)")
+        from otel_integration.devtools.traceview import render_trace
 
         for label, result in pick_examples(results):
-            trace = visible(trace_for(spans, result.request_id))
+            trace = trace_for(spans, result.request_id)
             print(p.bold(f"{label}   X-Request-ID {result.request_id}"))
             print(render_trace(trace, width=width, color=color) if trace else "  (trace not received)")
             print()

@@ -20,6 +20,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 
 from otel_integration._server import health, shield
+from otel_integration._propagation import first_valid_request_id, new_request_id
 from otel_integration._server.correlation import INTERNAL_ERROR_BODY, SCOPE_KEY, Correlator, current_request
 from otel_integration._settings import Settings
 
@@ -31,74 +32,89 @@ class RequestIdMiddleware:
         self.app = app
         self._core = Correlator(settings)
         self._serve_health = serve_health
+        shield.install_when_loaded()  # the instrumentor does this too; here for use without it
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         await handle(self._core, scope, receive, send, self.app, self._serve_health)
 
 
+_STARTS = ("http.response.start", "websocket.accept")
+
+
 async def handle(core: Correlator, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any], app: Any, serve_health: bool) -> None:
-    if scope.get("type") not in ("http", "websocket") or SCOPE_KEY in scope:
+    kind = scope.get("type")
+    if (kind != "http" and kind != "websocket") or SCOPE_KEY in scope:
         await app(scope, receive, send)
         return
-    shield.ensure()
     headers = scope.get("headers") or ()
-
-    def lookup(name: str) -> list[Any]:
-        wanted = name.encode("latin-1")
-        return [v for k, v in headers if k.lower() == wanted]
-
-    request_id = core.request_id(lookup)
-    scope[SCOPE_KEY] = request_id
-    # What the app (and the upstream middleware's propagator) sees from now on:
-    # exactly one request-ID header, with the validated or generated value.
-    scope["headers"] = [(core.header_bytes, request_id.encode("latin-1"))] + [
-        (k, v) for k, v in headers if k.lower() != core.header_bytes
-    ]
+    # One pass over the headers, for the few names of interest (the per-request cost is here).
+    wanted = core.wanted
+    found: dict[bytes, list[Any]] | None = None
+    for name, value in headers:
+        name = name.lower()
+        if name in wanted:
+            if found is None:
+                found = {}
+            found.setdefault(name, []).append(value)
+    request_id = None
+    header_bytes = core.header_bytes
     authorization = None
-    if core.settings.auth_forward_to:
-        found = lookup("authorization")
-        authorization = found[0] if len(found) == 1 else None  # ambiguous: forward nothing
+    if found is not None:
+        for incoming in core.incoming_bytes:
+            request_id = first_valid_request_id(found.get(incoming, ()))
+            if request_id is not None:
+                break
+        auth_values = found.get(b"authorization")
+        if auth_values is not None and core.forward_auth:
+            authorization = auth_values[0] if len(auth_values) == 1 else None  # ambiguous: forward nothing
+    if request_id is None:
+        request_id = new_request_id()
+    scope[SCOPE_KEY] = request_id
+    echo = (header_bytes, request_id.encode("latin-1"))
+    # What the app (and the upstream middleware) sees from now on: exactly one
+    # request-ID header, with the validated or generated value.
+    if found is not None and header_bytes in found:
+        scope["headers"] = [echo, *[item for item in headers if item[0].lower() != header_bytes]]
+    else:
+        scope["headers"] = [echo, *headers]
     ctx, state = core.context(request_id, authorization)
-    header_value = request_id.encode("latin-1")
     started = False
 
     async def send_with_id(message: dict[str, Any]) -> None:
         nonlocal started
-        kind = message.get("type")
-        if kind in ("http.response.start", "websocket.accept"):
+        if message["type"] in _STARTS:
             started = True
-            message_headers = list(message.get("headers") or ())
-            if not any(k.lower() == core.header_bytes for k, _ in message_headers):
-                message_headers.append((core.header_bytes, header_value))
-                message = {**message, "headers": message_headers}
-            state.stamp()
+            message_headers = message.get("headers") or ()
+            for name, _ in message_headers:
+                if name.lower() == header_bytes:
+                    break  # the app set it: kept, never duplicated
+            else:
+                message = {**message, "headers": [*message_headers, echo]}
         await send(message)
 
     token = otel_context.attach(ctx)
     state_token = current_request.set(state)
     try:
-        if serve_health and scope["type"] == "http" and _is_health_request(core.settings, scope):
+        if serve_health and core.health_path and kind == "http" and _is_health_request(core.health_path, scope):
             await health.asgi_endpoint(scope, receive, send_with_id)
             return
         try:
             await app(scope, receive, send_with_id)
         except Exception as error:
-            if not started and scope["type"] == "http":
+            if not started and kind == "http":
                 await _send_internal_error(send_with_id)
             # The server logs the traceback after the request's context is gone: a note
             # (printed with the traceback, Python 3.11+) keeps the request ID in it.
             if hasattr(error, "add_note"):
                 error.add_note(f"request_id={request_id}")
             raise
-        finally:
-            state.stamp()
     finally:
         current_request.reset(state_token)
         otel_context.detach(token)
 
 
-def _is_health_request(settings: Settings, scope: dict[str, Any]) -> bool:
-    return bool(settings.health_path) and scope.get("path") == settings.health_path and scope.get("method") in ("GET", "HEAD")
+def _is_health_request(path: str, scope: dict[str, Any]) -> bool:
+    return scope.get("path") == path and scope.get("method") in ("GET", "HEAD")
 
 
 async def _send_internal_error(send: Callable[..., Any]) -> None:

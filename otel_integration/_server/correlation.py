@@ -15,7 +15,10 @@ request a service handles:
    unless the app set that header itself.
 4. It is recorded on the SERVER span as ``http.request.header.x-request-id``
    (a string array, as the HTTP semantic conventions say), by
-   `RequestIdSpanProcessor`.
+   `RequestIdSpanProcessor` as the span starts, or at once when the span
+   already exists (the middleware inside the upstream one). The app, and
+   so the upstream instrumentation when it captures request headers, sees
+   the validated value only, so nothing overwrites the attribute later.
 """
 
 from __future__ import annotations
@@ -33,12 +36,19 @@ from opentelemetry.sdk.trace import Span
 from opentelemetry.trace import SpanKind
 
 from otel_integration import _auth as auth
-from otel_integration._propagation import first_valid_request_id, get_request_id, new_request_id, set_request_id
+from otel_integration._propagation import (
+    CARRIER_KEY,
+    first_valid_request_id,
+    get_request_id,
+    new_request_id,
+    set_request_id,
+)
 from otel_integration._settings import Settings
 from otel_integration._telemetry import StartOnlySpanProcessor
 
-# Set in the ASGI scope / WSGI environ by the instance that handles the request.
-SCOPE_KEY = "otel_integration.request_id"
+# Set in the ASGI scope / WSGI environ by the instance that handles the request
+# (the propagator reads it there too: `RequestIdPropagator.extract`).
+SCOPE_KEY = CARRIER_KEY
 
 INTERNAL_ERROR_BODY = b"Internal Server Error"
 
@@ -47,8 +57,12 @@ def span_attribute(settings: Settings) -> str:
     return "http.request.header." + settings.request_id_header.lower()
 
 
+def _environ_name(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
 class Correlator:
-    """What both middlewares do at the start of a request."""
+    """What both middlewares do at the start of a request; everything derived from the settings once."""
 
     def __init__(self, settings: Settings | None) -> None:
         self.settings = settings or Settings.from_env(log=False)
@@ -56,6 +70,13 @@ class Correlator:
         self.header_lower = self.header.lower()
         self.header_bytes = self.header_lower.encode("latin-1")
         self.incoming = tuple(h.lower() for h in self.settings.request_id_incoming_headers)
+        self.incoming_bytes = tuple(h.encode("latin-1") for h in self.incoming)
+        self.incoming_environ = tuple(_environ_name(h) for h in self.incoming)
+        self.header_environ = _environ_name(self.header)
+        self.forward_auth = bool(self.settings.auth_forward_to)
+        # The header names one pass over the ASGI headers looks for.
+        self.wanted = frozenset([*self.incoming_bytes, self.header_bytes, *([b"authorization"] if self.forward_auth else [])])
+        self.health_path = self.settings.health_path
         self.attribute = span_attribute(self.settings)
         # Added on the first request, so a process that serves nothing (a
         # pure client) pays no per-span cost for it.
@@ -73,28 +94,29 @@ class Correlator:
             ensure_span_processor()
             self._processor_ready = True
         value = None
-        if self.settings.auth_forward_to and authorization is not None:
+        if authorization is not None and self.forward_auth:
             value = auth.valid_authorization(authorization)
         state = RequestState(request_id, value, self.attribute)
-        ctx = state.apply(otel_context.get_current())
-        # When this middleware runs inside the upstream one (added by hand,
-        # or Flask), the SERVER span already exists and is current.
-        current = trace.get_current_span()
+        outer = otel_context.get_current()
+        ctx = state.apply(outer)
+        # When this middleware runs inside the upstream one (added by hand), the
+        # SERVER span already exists, with whatever raw header it captured: the
+        # validated value replaces it now.
+        current = trace.get_current_span(outer)
         if current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
-            state.spans.append(current)
+            current.set_attribute(self.attribute, (request_id,))
         return ctx, state
 
 
 class RequestState:
     """The request being handled, also kept in a contextvar of our own (see the span processor)."""
 
-    __slots__ = ("request_id", "authorization", "attribute", "spans")
+    __slots__ = ("request_id", "authorization", "attribute")
 
     def __init__(self, request_id: str, authorization: str | None, attribute: str) -> None:
         self.request_id = request_id
         self.authorization = authorization
         self.attribute = attribute
-        self.spans: list[Any] = []
 
     def apply(self, ctx: Context) -> Context:
         ctx = set_request_id(self.request_id, ctx)
@@ -107,18 +129,10 @@ class RequestState:
             return False
         return self.authorization is None or auth.get_incoming_authorization() == self.authorization
 
-    def stamp(self) -> None:
-        """(Re)write the attribute: it overrides a raw header captured by the upstream."""
-        for span in self.spans:
-            if span.is_recording():
-                span.set_attribute(self.attribute, (self.request_id,))
-
 
 current_request: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar(
-    "otel_integrationcurrent_request", default=None
+    "otel_integration.current_request", default=None
 )
-
-
 
 # --- the SERVER span ---------------------------------------------------------------------
 
@@ -141,13 +155,12 @@ class RequestIdSpanProcessor(StartOnlySpanProcessor):
         self.active = True
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        if not self.active or span.kind is not SpanKind.SERVER:
+        if span.kind is not SpanKind.SERVER or not self.active:
             return
         state = current_request.get()
         if state is None:
             return
         span.set_attribute(state.attribute, (state.request_id,))
-        state.spans.append(span)
         if not state.applied():
             otel_context.attach(state.apply(otel_context.get_current()))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ from otel_integration import _shutdown
 from otel_integration import _logs as logs
 from otel_integration._server import asgi, shield, wsgi
 from otel_integration._server.correlation import Correlator, deactivate_span_processors
-from otel_integration._settings import Settings
+from otel_integration._settings import ASGI_INTERNAL_SPANS, Settings
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             auth.sanitize_sensitive_headers()
             logs.install(settings)
             core = Correlator(settings)
+            self._patch_upstream_asgi(core)
             self._patch_starlette(core)
             self._patch_uvicorn(core)
             self._patch_flask(core)
@@ -83,6 +85,50 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return  # already ours
         setattr(owner, name, FunctionWrapper(current, wrapper))
         ServerInstrumentor._patched.append((owner, name))
+
+    def _patch_upstream_asgi(self, core: Correlator) -> None:
+        """The upstream ASGI middleware, once imported: its header decoder shielded, and
+        only the INTERNAL spans ``OTEL_INTEGRATION_ASGI_INTERNAL_SPANS`` asks for.
+
+        Every instance under the launcher is built by the starlette or fastapi
+        instrumentation, or by our uvicorn hook, after this ran: the choice is
+        made once per app, when its middleware is built, and costs nothing per request.
+        """
+        if importlib.util.find_spec("opentelemetry.instrumentation.asgi") is None:
+            return
+        import wrapt
+
+        def patch(module: Any) -> None:
+            if ServerInstrumentor.settings is not core.settings:
+                return  # uninstrumented (or instrumented anew) since
+            try:
+                shield.install_when_loaded()
+                self._exclude_internal_spans(module.OpenTelemetryMiddleware, core.settings)
+            except Exception:  # noqa: BLE001 - never fail the import of the upstream module
+                _logger.exception("otel-integration: could not set up the ASGI instrumentation's defaults")
+
+        wrapt.register_post_import_hook(patch, "opentelemetry.instrumentation.asgi")
+
+    def _exclude_internal_spans(self, middleware: Any, settings: Settings) -> None:
+        excluded = [name for name in ASGI_INTERNAL_SPANS if name not in settings.asgi_internal_spans]
+        if not excluded:
+            return  # every span the upstream makes: nothing to change
+        parameters = list(inspect.signature(middleware.__init__).parameters)
+        if "exclude_spans" not in parameters:
+            _logger.warning(
+                "otel-integration: this opentelemetry-instrumentation-asgi cannot exclude its %s spans", "/".join(excluded)
+            )
+            return
+        position = parameters.index("exclude_spans") - 1  # after self
+
+        def init(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            # Only where the caller left it open: the starlette instrumentation never
+            # passes it, the fastapi one passes None unless told otherwise.
+            if len(args) <= position and kwargs.get("exclude_spans") is None:
+                kwargs = {**kwargs, "exclude_spans": list(excluded)}
+            return wrapped(*args, **kwargs)
+
+        self._wrap(middleware, "__init__", init)
 
     def _patch_starlette(self, core: Correlator) -> None:
         Starlette = _original_class("starlette.applications", "Starlette")

@@ -9,21 +9,17 @@ Under ``opentelemetry-instrument`` the server instrumentor wraps
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.context import Context
 
 from otel_integration._server import health
-from otel_integration._server.correlation import (
-    INTERNAL_ERROR_BODY,
-    SCOPE_KEY,
-    Correlator,
-    RequestState,
-    current_request,
-)
+from otel_integration._propagation import new_request_id, valid_request_id
+from otel_integration._server.correlation import INTERNAL_ERROR_BODY, SCOPE_KEY, Correlator, current_request
 from otel_integration._settings import Settings
 
 _logger = logging.getLogger(__name__)
@@ -49,42 +45,43 @@ class RequestIdWSGIMiddleware:
         return handle(self._core, environ, start_response, self.app, self._serve_health)
 
 
-def _environ_name(header: str) -> str:
-    return "HTTP_" + header.upper().replace("-", "_")
-
-
 def handle(
     core: Correlator, environ: dict[str, Any], start_response: StartResponse, app: WSGIApp, serve_health: bool
 ) -> Iterable[bytes]:
     if SCOPE_KEY in environ:
         return app(environ, start_response)
-
-    def lookup(name: str) -> list[Any]:
-        value = environ.get(_environ_name(name))
-        if value is None:
-            return []
-        # PEP 3333: header values are latin-1 decoded str; several are joined with ", ".
-        return [value.encode("latin-1", "replace")]
-
-    request_id = core.request_id(lookup)
+    request_id = None
+    for name in core.incoming_environ:
+        value = environ.get(name)
+        if value is not None:
+            # PEP 3333: header values are latin-1 decoded str; several are joined with ", ".
+            request_id = valid_request_id(value.encode("latin-1", "replace"))
+            if request_id is not None:
+                break
+    if request_id is None:
+        request_id = new_request_id()
     environ[SCOPE_KEY] = request_id
-    environ[_environ_name(core.header)] = request_id  # the app sees the validated value only
-    authorization = environ.get("HTTP_AUTHORIZATION") if core.settings.auth_forward_to else None
+    environ[core.header_environ] = request_id  # the app sees the validated value only
+    authorization = environ.get("HTTP_AUTHORIZATION") if core.forward_auth else None
     ctx, state = core.context(request_id, authorization)
     started = False
+    echo = (core.header, request_id)
+    header_lower = core.header_lower
 
     def start_with_id(status: str, headers: list[Any], exc_info: Any = None) -> Any:
         nonlocal started
         started = True
-        if not any(name.lower() == core.header_lower for name, _ in headers):
-            headers = [*headers, (core.header, request_id)]
-        state.stamp()
+        for name, _ in headers:
+            if name.lower() == header_lower:
+                break  # the app set it: kept, never duplicated
+        else:
+            headers = [*headers, echo]
         return start_response(status, headers, exc_info) if exc_info is not None else start_response(status, headers)
 
     token = otel_context.attach(ctx)
     state_token = current_request.set(state)
     try:
-        if serve_health and core.settings.health_path and environ.get("PATH_INFO") == core.settings.health_path:
+        if serve_health and core.health_path and environ.get("PATH_INFO") == core.health_path:
             return health.wsgi_endpoint(environ, start_with_id)
         try:
             result = app(environ, start_with_id)
@@ -97,14 +94,15 @@ def handle(
                 [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(INTERNAL_ERROR_BODY)))],
             )
             return [INTERNAL_ERROR_BODY]
+        if isinstance(result, (list, tuple)) or _is_file_wrapper(environ, result):
+            # No app code runs while these are iterated, and the server must see a
+            # file wrapper as such to send it with sendfile (PEP 3333).
+            return result
+        # Taken while the request's context is current: the body is iterated in it.
+        return _InContext(result, contextvars.copy_context())
     finally:
         current_request.reset(state_token)
         otel_context.detach(token)
-    if isinstance(result, (list, tuple)) or _is_file_wrapper(environ, result):
-        # No app code runs while these are iterated, and the server must see a
-        # file wrapper as such to send it with sendfile (PEP 3333).
-        return result
-    return _iterate_in_context(result, ctx, state)
 
 
 def _is_file_wrapper(environ: dict[str, Any], result: object) -> bool:
@@ -112,25 +110,25 @@ def _is_file_wrapper(environ: dict[str, Any], result: object) -> bool:
     return isinstance(wrapper, type) and isinstance(result, wrapper)
 
 
-def _iterate_in_context(result: Iterable[bytes], ctx: Context, state: RequestState) -> Iterator[bytes]:
-    """Stream the body with the request's context current (generators may log or call out)."""
-    iterator = iter(result)
-    try:
-        while True:
-            token, state_token = otel_context.attach(ctx), current_request.set(state)
-            try:
-                chunk = next(iterator)
-            except StopIteration:
-                return
-            finally:
-                current_request.reset(state_token)
-                otel_context.detach(token)
-            yield chunk
-    finally:
-        close = getattr(result, "close", None)
+class _InContext:
+    """A streamed body, iterated and closed with the request's context current
+    (generators may log or call out).
+
+    Each chunk is produced by ``context.run(next, iterator)``: the whole context
+    (OpenTelemetry's and ours) is switched in C, with no Python-level attach and
+    detach per chunk, and the server iterates the C ``map`` object directly.
+    """
+
+    __slots__ = ("_result", "_context")
+
+    def __init__(self, result: Iterable[bytes], context: contextvars.Context) -> None:
+        self._result = result
+        self._context = context
+
+    def __iter__(self) -> Iterator[bytes]:
+        return map(self._context.run, repeat(next), repeat(iter(self._result)))
+
+    def close(self) -> None:
+        close = getattr(self._result, "close", None)
         if close is not None:
-            token = otel_context.attach(ctx)
-            try:
-                close()
-            finally:
-                otel_context.detach(token)
+            self._context.run(close)

@@ -8,8 +8,9 @@ exported, a service that is down) is printed once it has been quiet for
 `INCOMPLETE_QUIET` seconds. Spans that arrive for a trace already printed
 are printed on their own, marked as late, never the whole trace again.
 
-ASGI's per-message spans (``http send`` / ``http receive``) are hidden unless
-``--all-spans`` is given.
+Every span received is shown: services under this distro no longer make the
+ASGI middleware's per-message ``http send`` / ``http receive`` spans unless
+``OTEL_INTEGRATION_ASGI_INTERNAL_SPANS`` asks for them, and then they are wanted.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 
 from otel_integration.devtools.otlp import Span
 from otel_integration.devtools.receiver import OTLPReceiver
-from otel_integration.devtools.traceview import render_trace, summarize_metrics, visible
+from otel_integration.devtools.traceview import render_trace, summarize_metrics
 
 QUIET = 1.0  # seconds without a new span before a complete trace is printed
 INCOMPLETE_QUIET = 6.0  # before an incomplete one is (longer than the SDK's 5 s export delay)
@@ -84,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after SECONDS (default: until Ctrl-C)")
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
-    parser.add_argument("--all-spans", action="store_true", help="also show ASGI's http send/receive spans")
     args = parser.parse_args(argv)
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
@@ -108,12 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def emit(traces: list[tuple[list[Span], bool]]) -> None:
         for spans, late in traces:
-            shown = spans if args.all_spans else visible(spans)
-            if not shown:
-                continue
             if late:
                 print(f"late spans of trace {spans[0].trace_id} (printed already; they arrived after it):", flush=True)
-            print(render_trace(shown, width=args.width, color=color), flush=True)
+            print(render_trace(spans, width=args.width, color=color), flush=True)
             print(flush=True)
 
     deadline = None if args.duration is None else time.monotonic() + args.duration

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 if TYPE_CHECKING:  # only for annotations: keeps `python -m otel_integration.receiver` single-copy
     from otel_integration.devtools.receiver import MetricPoint, Span
 
-__all__ = ["clean", "render_trace", "render_traces", "summarize_metrics", "visible"]
+__all__ = ["clean", "render_trace", "render_traces", "summarize_metrics"]
 
 _RED = "\x1b[31m"
 _GREEN = "\x1b[32m"
@@ -149,15 +149,6 @@ def _bar(span: "Span", t0: int, total: int, width: int) -> str:
     end = math.ceil((max(span.end_ns, span.start_ns) - t0) / total * width)
     end = max(start + 1, min(width, end))  # even a 0 ms span gets one visible cell
     return " " * start + "█" * (end - start) + " " * (width - end)
-
-
-# ASGI's per-message spans: one per http.response.start / body, noise in a trace view.
-HIDDEN_SPAN_SUFFIXES = (" http send", " http receive")
-
-
-def visible(spans: Iterable["Span"]) -> list["Span"]:
-    """The spans worth showing: without ASGI's per-message internals."""
-    return [s for s in spans if not (s.kind == "INTERNAL" and s.name.endswith(HIDDEN_SPAN_SUFFIXES))]
 
 
 def render_trace(spans: list["Span"], *, width: int = 100, color: bool = False) -> str:
