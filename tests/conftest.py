@@ -25,6 +25,7 @@ from otel_integration._client.tracing import HTTPX_SCOPE, AttemptSpanProcessor  
 from otel_integration._redaction import Redactor  # noqa: E402
 from otel_integration._scrubbing import Scrubber, ScrubbingSpanExporter  # noqa: E402
 from tests.peers import QuickFaultServer  # noqa: E402
+from tests.redis_peer import RedisPeer  # noqa: E402
 
 
 class FakeClock:
@@ -49,6 +50,14 @@ def clock() -> FakeClock:
 def fault_server() -> Iterator[QuickFaultServer]:
     with QuickFaultServer() as server:
         yield server
+
+
+@pytest.fixture
+def redis_peer() -> Iterator[RedisPeer]:
+    """A real redis-server of the test's own (skips without the binary, fails in CI)."""
+    peer = RedisPeer()
+    with peer:
+        yield peer
 
 
 @dataclass

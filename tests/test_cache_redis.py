@@ -22,16 +22,8 @@ from otel_integration._client.instrumentor import instrument_client
 from otel_integration._client.layer import ResilienceLayer
 from otel_integration._settings import Settings
 from tests.conftest import FAST
-from tests.redis_peer import RedisPeer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def redis_peer():
-    peer = RedisPeer()  # skips without redis-server, fails in CI
-    with peer:
-        yield peer
 
 
 @pytest.fixture

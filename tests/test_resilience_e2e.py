@@ -40,13 +40,6 @@ STORAGE_ERRORS = "http.client.circuit_breaker.storage_errors"
 
 
 @pytest.fixture
-def redis_peer():
-    peer = RedisPeer()  # skips without redis-server, fails in CI
-    with peer:
-        yield peer
-
-
-@pytest.fixture
 def servers():
     with QuickFaultServer() as first, QuickFaultServer() as second:
         yield first, second

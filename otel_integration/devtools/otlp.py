@@ -26,8 +26,18 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 __all__ = ["LogRecord", "MetricPoint", "RequestInfo", "Span", "decode_logs", "decode_metrics", "decode_spans"]
 
 
+class _FromAService:
+    """What a decoded item says about its origin: the ``service.name`` of its resource."""
+
+    resource: dict[str, Any]
+
+    @property
+    def service_name(self) -> str:
+        return str(self.resource.get("service.name", ""))
+
+
 @dataclass(frozen=True)
-class Span:
+class Span(_FromAService):
     """One decoded span. Ids are lowercase hex; ``parent_span_id`` is "" for a root."""
 
     trace_id: str
@@ -50,16 +60,12 @@ class Span:
         return hash((self.trace_id, self.span_id))
 
     @property
-    def service_name(self) -> str:
-        return str(self.resource.get("service.name", ""))
-
-    @property
     def duration_ns(self) -> int:
         return max(0, self.end_ns - self.start_ns)
 
 
 @dataclass(frozen=True)
-class MetricPoint:
+class MetricPoint(_FromAService):
     """One data point of one metric, flattened with its metric's name/unit/resource.
 
     ``kind`` is "sum", "gauge", "histogram", "exponential_histogram" or "summary".
@@ -88,13 +94,9 @@ class MetricPoint:
     start_ns: int = 0
     time_ns: int = 0
 
-    @property
-    def service_name(self) -> str:
-        return str(self.resource.get("service.name", ""))
-
 
 @dataclass(frozen=True)
-class LogRecord:
+class LogRecord(_FromAService):
     """One decoded log record; ids are lowercase hex or "" when not correlated."""
 
     body: str
@@ -106,10 +108,6 @@ class LogRecord:
     resource: dict[str, Any] = field(default_factory=dict)
     scope_name: str = ""
     time_ns: int = 0
-
-    @property
-    def service_name(self) -> str:
-        return str(self.resource.get("service.name", ""))
 
 
 @dataclass(frozen=True)
