@@ -94,20 +94,15 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         instrumentation, or by our uvicorn hook, after this ran: the choice is
         made once per app, when its middleware is built, and costs nothing per request.
         """
-        if importlib.util.find_spec("opentelemetry.instrumentation.asgi") is None:
-            return
-        import wrapt
 
         def patch(module: Any) -> None:
-            if ServerInstrumentor.settings is not core.settings:
-                return  # uninstrumented (or instrumented anew) since
-            try:
-                shield.install_when_loaded()
-                self._exclude_internal_spans(module.OpenTelemetryMiddleware, core.settings)
-            except Exception:  # noqa: BLE001 - never fail the import of the upstream module
-                _logger.exception("otel-integration: could not set up the ASGI instrumentation's defaults")
+            shield.install_when_loaded()
+            self._exclude_internal_spans(module.OpenTelemetryMiddleware, core.settings)
 
-        wrapt.register_post_import_hook(patch, "opentelemetry.instrumentation.asgi")
+        _when_imported(
+            "opentelemetry.instrumentation.asgi", "opentelemetry.instrumentation.asgi", core, patch,
+            "otel-integration: could not set up the ASGI instrumentation's defaults",
+        )
 
     def _exclude_internal_spans(self, middleware: Any, settings: Settings) -> None:
         excluded = [name for name in ASGI_INTERNAL_SPANS if name not in settings.asgi_internal_spans]
@@ -146,19 +141,10 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _patch_uvicorn(self, core: Correlator) -> None:
         # uvicorn has no upstream instrumentation that imports it anyway: patch it when the
         # process imports it (a service run by uvicorn), not at start-up (19 ms of imports).
-        if importlib.util.find_spec("uvicorn") is None:
-            return
-        import wrapt
-
-        def patch(_module: Any) -> None:
-            if ServerInstrumentor.settings is not core.settings:
-                return  # uninstrumented (or instrumented anew) since
-            try:
-                self._patch_uvicorn_now(core)
-            except Exception:  # noqa: BLE001 - never fail the app's import of uvicorn
-                _logger.exception("otel-integration: could not set up request IDs for uvicorn")
-
-        wrapt.register_post_import_hook(patch, "uvicorn.config")
+        _when_imported(
+            "uvicorn", "uvicorn.config", core, lambda _module: self._patch_uvicorn_now(core),
+            "otel-integration: could not set up request IDs for uvicorn",
+        )
 
     def _patch_uvicorn_now(self, core: Correlator) -> None:
         from uvicorn.config import Config
@@ -192,6 +178,29 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return wsgi.handle(core, environ, start_response, wrapped, True)
 
         self._wrap(Flask, "wsgi_app", wsgi_app)
+
+
+def _when_imported(
+    distribution: str, module: str, core: Correlator, action: Callable[[Any], None], failure: str
+) -> None:
+    """Run ``action(module)`` when the process imports `module` (wrapt's post-import hook), if
+    `distribution` is installed, and only while `core`'s instrumentation is the active one.
+
+    `distribution` is probed apart because finding a submodule imports its package.
+    """
+    if importlib.util.find_spec(distribution) is None:
+        return
+    import wrapt
+
+    def patch(loaded: Any) -> None:
+        if ServerInstrumentor.settings is not core.settings:
+            return  # uninstrumented (or instrumented anew) since
+        try:
+            action(loaded)
+        except Exception:  # noqa: BLE001 - never fail the import of the module
+            _logger.exception(failure)
+
+    wrapt.register_post_import_hook(patch, module)
 
 
 def _request_id_in_uvicorn_access_log(settings: Settings) -> None:
