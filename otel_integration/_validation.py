@@ -35,7 +35,8 @@ import httpx
 from opentelemetry import trace
 
 from otel_integration._client import layer as layers
-from otel_integration._client.structured import CALL_INFO, current_trace_id
+from otel_integration._client.downstreams import address
+from otel_integration._client.structured import call_facts, current_trace_id
 from otel_integration._escape import bounded, escape_controls
 from otel_integration._redaction import DEFAULT as REDACTOR
 from otel_integration.errors import ValidationError
@@ -140,10 +141,8 @@ def _schema_name(schema: Any) -> str:
 def _failed(response: httpx.Response, schema: Any, fields: list[Field]) -> ValidationError:
     request = response.request
     url = request.url
-    port = url.port or (443 if url.scheme == "https" else 80)
-    info = response.extensions.get(CALL_INFO)
-    downstream = info["downstream"] if info else f"{url.host}:{port}"
-    request_id = info["request_id"] if info else None
+    host, port = address(url)
+    downstream, attempts, request_id = call_facts(response)
     path = bounded(url.path, _MAX_VALUE * 2)
     shown = fields[:_MAX_FIELDS]
     listed = "; ".join(f"{location}: expected {expected}, got {got}" for location, expected, got in shown)
@@ -154,11 +153,11 @@ def _failed(response: httpx.Response, schema: Any, fields: list[Field]) -> Valid
         f"({count}): {listed}{more}"
     )
     error = ValidationError(
-        message, downstream=downstream, attempts=info["attempts"] if info else None, request_id=request_id,
+        message, downstream=downstream, attempts=attempts, request_id=request_id,
         trace_id=current_trace_id(), status=response.status_code, request=request,
     )
     error.method, error.path, error.fields = request.method, url.path, tuple(fields)
-    _record(downstream, url.host, port, request.method, _schema_name(schema), fields)
+    _record(downstream, host, port, request.method, _schema_name(schema), fields)
     return error
 
 

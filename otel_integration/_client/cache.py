@@ -52,6 +52,7 @@ from opentelemetry.trace import SpanKind
 from otel_integration import _auth as auth
 from otel_integration import _forks as forks
 from otel_integration._client import policy
+from otel_integration._client.downstreams import address
 from otel_integration._client.tracing import CACHE_OUTCOME, PEER_SERVICE
 from otel_integration._settings import Settings, mask_secret_url
 from otel_integration._telemetry import CACHE_OUTCOME_ATTRIBUTE, Instruments
@@ -288,8 +289,7 @@ class ResponseCache:
         if self._broken:
             return None
         try:
-            url = request.url
-            downstream = self.downstreams.get(url.host, url.port or (443 if url.scheme == "https" else 80))
+            downstream = self.downstreams.get(*address(request.url))
             lookup = Lookup(self, request, downstream)
             if self._credentials(request, downstream):
                 lookup.bypass = True

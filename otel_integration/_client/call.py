@@ -39,6 +39,7 @@ import stamina
 
 from otel_integration._client import policy, retry_log, structured
 from otel_integration._client.breaker import Outcome, Permit
+from otel_integration._client.downstreams import address
 from otel_integration._client.probes import first_result_wait
 from otel_integration._client.layer import ResilienceLayer
 from otel_integration._client.tracing import AttemptInfo, current_attempt, record_rejected_call
@@ -122,10 +123,7 @@ class Call:
             request_id = get_request_id() or new_request_id()
             request.headers[header] = request_id
         self.request_id = request_id
-        url = request.url
-        downstream = self.downstream = layer.downstreams.get(
-            url.host, url.port or (443 if url.scheme == "https" else 80)
-        )
+        downstream = self.downstream = layer.downstreams.get(*address(request.url))
         settings = downstream.settings
         if settings.timeout and request.extensions.get("timeout") == _HTTPX_DEFAULT_TIMEOUT:
             # The caller set no timeout of their own: the configured one, for every attempt.

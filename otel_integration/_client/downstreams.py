@@ -21,6 +21,8 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 
+import httpx
+
 from otel_integration import _forks as forks
 from otel_integration._client.breaker import Breaker, OnTransition
 from otel_integration._client.breaker.shared import RedisSync
@@ -55,6 +57,11 @@ class AttemptStats:
         p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
         return {"last": round(values[-1], 1), "p95": round(p95, 1)}
 
+
+
+def address(url: httpx.URL) -> tuple[str, int]:
+    """The host and port a request to `url` goes to: the scheme's default port filled in."""
+    return url.host, url.port or (443 if url.scheme == "https" else 80)
 
 class Downstream:
     """Everything this process keeps about one downstream."""

@@ -23,6 +23,7 @@ from typing import Any, Callable, TypedDict
 import httpx
 from opentelemetry import trace
 
+from otel_integration._client.downstreams import address
 from otel_integration._redaction import Redactor
 from otel_integration.errors import IntegrationError, status_error_class, twin_of
 
@@ -87,15 +88,20 @@ def transport_error(
 _KIND = {1: "Informational response", 3: "Redirect response", 4: "Client error", 5: "Server error"}
 
 
+def call_facts(response: httpx.Response) -> tuple[str, int | None, str | None]:
+    """The downstream, attempts and request ID of the call that got `response`; for one that did
+    not pass the layer, its ``host:port`` and nothing else."""
+    info: CallInfo | None = response.extensions.get(CALL_INFO)
+    if info is not None:
+        return info["downstream"], info["attempts"], info["request_id"]
+    host, port = address(response.request.url)
+    return f"{host}:{port}", None, None
+
+
 def status_error(response: httpx.Response, redactor: Redactor) -> IntegrationError:
     """The structured `httpx.HTTPStatusError` for a response that is not a success."""
     request = response.request
-    info: CallInfo | None = response.extensions.get(CALL_INFO)
-    if info is not None:
-        downstream, attempts, request_id = info["downstream"], info["attempts"], info["request_id"]
-    else:
-        port = request.url.port or (443 if request.url.scheme == "https" else 80)
-        downstream, attempts, request_id = f"{request.url.host}:{port}", None, None
+    downstream, attempts, request_id = call_facts(response)
     status = response.status_code
     kind = _KIND.get(status // 100, "Invalid status code")
     message = f"{kind} '{status} {response.reason_phrase}' from {downstream} for {request.method} {redactor.url(str(request.url))}"
