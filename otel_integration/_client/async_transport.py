@@ -44,12 +44,13 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         if refused is not None:
             await checkpoint()  # a tight loop of refused calls must still let other tasks run
             raise refused
-        outcome = await self._attempt(call)
-        if outcome.final:
-            return call.finish(outcome)
-        return await self._retry(call, outcome)
+        result = await self._attempt(call)
+        if isinstance(result, AttemptOutcome):
+            return await self._retry(call, result)
+        return call.respond(result)
 
-    async def _attempt(self, call: Call) -> AttemptOutcome:
+    async def _attempt(self, call: Call) -> httpx.Response | AttemptOutcome:
+        """The final response, or the outcome to retry; a final error is raised."""
         call.start()
         try:
             response = await self.transport.handle_async_request(call.request)
@@ -58,9 +59,10 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             if outcome is None:
                 raise call.raised(error)  # noqa: B904 - the twin's cause is set: it is the same failure
             return outcome
-        return call.answered(response)
+        return call.answered(response) or response
 
     async def _retry(self, call: Call, outcome: AttemptOutcome) -> httpx.Response:
+        answer: httpx.Response | None = None
         try:
             async for attempt in call.retrying():
                 with attempt:
@@ -70,9 +72,11 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                         break  # refused after the wait: the last outcome stands
                     if outcome.response is not None:
                         await _discard(outcome.response)
-                    outcome = await self._attempt(call)
-                    if not outcome.final:
+                    result = await self._attempt(call)
+                    if isinstance(result, AttemptOutcome):
+                        outcome = result
                         raise outcome
+                    answer = result  # stamina's loop ends: the attempt did not raise
         except AttemptOutcome as last:  # stamina stopped retrying
             outcome = last
         except BaseException:
@@ -80,7 +84,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             if outcome.response is not None:
                 await outcome.response.aclose()
             raise
-        return call.finish(outcome)
+        return call.finish(outcome) if answer is None else call.respond(answer)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -7,12 +7,14 @@ does only the I/O. Everything else is asked here, in this order::
     call.admit()                           # health probe, breaker: None, or a recorded fail-fast error to raise
     call.start()                           # an attempt: the span processor and propagator see it
     ... the inner transport sends it ...
-    call.answered(response) / call.failed(error)  -> Outcome: final, or retryable
+    call.answered(response) / call.failed(error)  -> None: final (the response is the answer, the
+                                              error is raised); else the outcome to retry
     stamina's loop: call.backoff(outcome)   -> seconds to wait, or False: stop (budget, deadline, ...)
     call.readmit(outcome)                  -> False: a retry refused after the wait (breaker opened,
                                               deadline passed); the last outcome stands
-    call.finish(outcome)                   -> the response, or raises the error outside any except
-                                              (its structured twin: `structured.py`)
+    call.respond(response)                 -> the final response, handed to the caller
+    call.finish(outcome)                   -> the last outcome's response, or raises its error outside
+                                              any except (its structured twin: `structured.py`)
 
 Decisions, each in one place below:
 
@@ -56,9 +58,12 @@ _logger = logging.getLogger("otel_integration.retries")  # the retry log's logge
 
 
 class AttemptOutcome(Exception):
-    """One attempt's outcome on its way through stamina's retry loop; never reaches a caller."""
+    """A retryable attempt's outcome on its way through stamina's retry loop; never reaches a caller.
 
-    __slots__ = ("response", "error", "reason", "final", "downstream", "number")
+    A final answer needs none: the transport hands the response to `Call.respond`.
+    """
+
+    __slots__ = ("response", "error", "reason", "downstream", "number")
 
     def __init__(
         self,
@@ -67,14 +72,12 @@ class AttemptOutcome(Exception):
         *,
         response: httpx.Response | None = None,
         error: BaseException | None = None,
-        final: bool,
     ) -> None:
         super().__init__()
         self.downstream = downstream
         self.number = number
         self.response = response
         self.error = error
-        self.final = final
         self.reason = str(response.status_code) if response is not None else error_type(type(error or Exception()))
 
     def __repr__(self) -> str:
@@ -115,13 +118,13 @@ class Call:
         # The correlation ID, fixed for every attempt. A header the caller set is
         # theirs: sent unchanged, and recorded only if valid. Otherwise the current
         # request's ID (server side), else a new one.
-        header = settings.request_id_header
-        own = request.headers.get(header)
+        header = layer.request_id_header
+        own = header.find(request.headers)
         if own is not None:
             request_id = valid_request_id(own)
         else:
             request_id = get_request_id() or new_request_id()
-            request.headers[header] = request_id
+            header.add(request.headers, request_id)
         self.request_id = request_id
         downstream = self.downstream = layer.downstreams.get(*address(request.url))
         settings = downstream.settings
@@ -246,19 +249,21 @@ class Call:
         self._token = current_attempt.set(self._info())
         self._started = time.perf_counter()
 
-    def answered(self, response: httpx.Response) -> AttemptOutcome:
+    def answered(self, response: httpx.Response) -> AttemptOutcome | None:
+        """The attempt got a response: None if it is the call's answer, else its outcome to retry."""
         self.last_status = response.status_code
         self._end(
             Outcome.FAILURE if response.status_code in self.downstream.settings.breaker_failure_status_codes
             else Outcome.SUCCESS,
             None if response.status_code < 400 else str(response.status_code),
         )
-        retryable = (
+        if (
             response.status_code in self.downstream.settings.retry_status_codes
             and self.made < self.attempts_allowed()
             and policy.is_idempotent(self.request)
-        )
-        return self._outcome(AttemptOutcome(self.downstream.key, self.made, response=response, final=not retryable))
+        ):
+            return self._outcome(AttemptOutcome(self.downstream.key, self.made, response=response))
+        return None
 
     def failed(self, error: BaseException) -> AttemptOutcome | None:
         """The attempt raised: its outcome if it may be retried, else None (re-raise it as is)."""
@@ -271,15 +276,14 @@ class Call:
                 and self.made < self.attempts_allowed()
                 and policy.retryable_error(error, policy.is_idempotent(self.request))
             ):
-                return self._outcome(AttemptOutcome(self.downstream.key, self.made, error=error, final=False))
+                return self._outcome(AttemptOutcome(self.downstream.key, self.made, error=error))
         except Exception:  # noqa: BLE001 - our bookkeeping must not replace the caller's error
             if self.layer.log_once("failed"):
                 _logger.exception("otel-integration: could not record a failed attempt")
         return None
 
     def _outcome(self, outcome: AttemptOutcome) -> AttemptOutcome:
-        if not outcome.final:
-            self._outcomes.append(outcome)
+        self._outcomes.append(outcome)
         return outcome
 
     def _end(self, verdict: Outcome, error: str | None) -> None:
@@ -314,7 +318,7 @@ class Call:
 
     def backoff(self, exc: Exception) -> bool | float:
         """stamina's backoff hook: False to stop, else the seconds to wait before the next attempt."""
-        if not isinstance(exc, AttemptOutcome) or exc.final:
+        if not isinstance(exc, AttemptOutcome):
             return False
         downstream = self.downstream
         settings = downstream.settings
@@ -346,25 +350,35 @@ class Call:
 
     # --- the end -----------------------------------------------------------------------------------------
 
-    def finish(self, outcome: AttemptOutcome) -> httpx.Response:
-        """What the caller gets: the last response, or the last error raised (outside any except block).
-
-        The outcomes stamina saw were raised inside its loop: their tracebacks
-        reference the frames that hold them, a cycle that would keep the request
-        (and its body and Authorization header) alive until the garbage
-        collector runs. They are emptied here.
-        """
-        response, error = outcome.response, outcome.error
-        for seen in (*self._outcomes, outcome):
-            seen.response = seen.error = None
-            seen.__traceback__ = None
-        self._outcomes.clear()
-        if error is not None:
-            raise self.raised(error)
-        assert response is not None
+    def respond(self, response: httpx.Response) -> httpx.Response:
+        """The call's answer, as the caller gets it."""
+        if self._outcomes:
+            self._forget_outcomes()
         info: structured.CallInfo = {"downstream": self.downstream.key, "attempts": self.made, "request_id": self.request_id}
         response.extensions[structured.CALL_INFO] = info  # for raise_for_status
         return response
+
+    def finish(self, outcome: AttemptOutcome) -> httpx.Response:
+        """What the caller gets after the last retryable outcome: its response, or its error raised
+        (outside any except block)."""
+        response, error = outcome.response, outcome.error
+        self._forget_outcomes()
+        if error is not None:
+            raise self.raised(error)
+        assert response is not None
+        return self.respond(response)
+
+    def _forget_outcomes(self) -> None:
+        """Empty the outcomes stamina saw.
+
+        They were raised inside its loop: their tracebacks reference the frames
+        that hold them, a cycle that would keep the request (and its body and
+        Authorization header) alive until the garbage collector runs.
+        """
+        for seen in self._outcomes:
+            seen.response = seen.error = None
+            seen.__traceback__ = None
+        self._outcomes.clear()
 
     def raised(self, error: BaseException) -> BaseException:
         """What the caller gets for the call's last error: its structured twin (unless switched off)."""

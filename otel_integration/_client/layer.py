@@ -28,6 +28,7 @@ from otel_integration._client.attempt_metrics import FailedAttempts
 from otel_integration._client.breaker import Breaker
 from otel_integration._client.breaker.shared import RedisSync
 from otel_integration._client.downstreams import Downstream, Downstreams
+from otel_integration._client.headers import CorrelationHeader
 from otel_integration._client.retry_log import STAMINA_LOG_FILTER
 from otel_integration._client.tracing import request_id_attribute
 from otel_integration._redaction import Redactor
@@ -90,6 +91,7 @@ class ResilienceLayer:
         # The health endpoint's latency window costs a little on every attempt: only when served.
         self.keeps_stats = bool(settings.health_path or settings.health_probes)
         self.request_id_attribute = request_id_attribute(settings.request_id_header)
+        self.request_id_header = CorrelationHeader(settings.request_id_header)
         self.redactor = Redactor(settings.redact_query_params)  # for error messages (spans: the exporter's)
         self.closed = False
         self._logged: set[str] = set()

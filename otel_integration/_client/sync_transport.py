@@ -31,12 +31,13 @@ class ResilientTransport(httpx.BaseTransport):
         refused = call.admit()
         if refused is not None:
             raise refused
-        outcome = self._attempt(call)
-        if outcome.final:
-            return call.finish(outcome)
-        return self._retry(call, outcome)
+        result = self._attempt(call)
+        if isinstance(result, AttemptOutcome):
+            return self._retry(call, result)
+        return call.respond(result)
 
-    def _attempt(self, call: Call) -> AttemptOutcome:
+    def _attempt(self, call: Call) -> httpx.Response | AttemptOutcome:
+        """The final response, or the outcome to retry; a final error is raised."""
         call.start()
         try:
             response = self.transport.handle_request(call.request)
@@ -45,9 +46,10 @@ class ResilientTransport(httpx.BaseTransport):
             if outcome is None:
                 raise call.raised(error)  # noqa: B904 - the twin's cause is set: it is the same failure
             return outcome
-        return call.answered(response)
+        return call.answered(response) or response
 
     def _retry(self, call: Call, outcome: AttemptOutcome) -> httpx.Response:
+        answer: httpx.Response | None = None
         try:
             for attempt in call.retrying():
                 with attempt:
@@ -57,9 +59,11 @@ class ResilientTransport(httpx.BaseTransport):
                         break  # refused after the wait: the last outcome stands
                     if outcome.response is not None:
                         _discard(outcome.response)
-                    outcome = self._attempt(call)
-                    if not outcome.final:
+                    result = self._attempt(call)
+                    if isinstance(result, AttemptOutcome):
+                        outcome = result
                         raise outcome
+                    answer = result  # stamina's loop ends: the attempt did not raise
         except AttemptOutcome as last:  # stamina stopped retrying
             outcome = last
         except BaseException:
@@ -67,7 +71,7 @@ class ResilientTransport(httpx.BaseTransport):
             if outcome.response is not None:
                 outcome.response.close()
             raise
-        return call.finish(outcome)
+        return call.finish(outcome) if answer is None else call.respond(answer)
 
     def close(self) -> None:
         self.transport.close()
