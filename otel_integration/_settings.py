@@ -401,6 +401,11 @@ class Settings:
         "A call that fails, and raise_for_status(), raise the types of otel_integration.errors "
         "(each also the httpx class); false: httpx's own.",
     )
+    upstream_speedups: bool = _option(
+        "UPSTREAM_SPEEDUPS", True, _bool, "true or false",
+        "Give the upstream instrumentations linear-time versions of their quadratic header handling "
+        "(same results); false: leave them as they are.",
+    )
     log_correlation: bool = _option(
         "LOG_CORRELATION", True, _bool, "true or false",
         "Add request_id, trace_id and span_id to every stdlib log record.",

@@ -112,3 +112,87 @@ def test_an_ended_span_is_left_to_the_sdk():
     span.end()
     add_clean_attributes(span, {"peer.service": "ocr"})  # the SDK warns and ignores it
     assert "peer.service" not in span.attributes
+
+
+# --- the upstream httpx instrumentation's header normalisation (`upstream_speedups.py`) ---
+
+import opentelemetry.instrumentation.httpx as upstream_httpx  # noqa: E402
+from opentelemetry.instrumentation.httpx.version import __version__ as upstream_version  # noqa: E402
+
+from otel_integration._client import upstream_speedups  # noqa: E402
+
+upstream_normalize = upstream_httpx._normalize_headers  # the module's own, before any instrumentor ran
+ascii_values = st.from_regex(r"[ -~]{0,12}", fullmatch=True)  # printable ASCII: commas and spaces included
+ascii_headers = st.lists(st.tuples(st.sampled_from([*NAMES, "Accept-Encoding", "Set-Cookie"]), ascii_values), max_size=8)
+any_headers = st.lists(
+    st.tuples(
+        st.sampled_from([*NAMES, "Set-Cookie", "\u00c9-Header".encode()]),
+        st.one_of(ascii_values, st.binary(max_size=6)),  # non-ASCII headers go to the upstream function
+    ),
+    max_size=8,
+)
+fast = upstream_speedups.fast_normalize(upstream_normalize)
+
+
+def _same_as_upstream(headers: httpx.Headers) -> None:
+    expected = upstream_normalize(headers, httpx)
+    got = fast(headers, httpx)
+    assert got == expected
+    assert list(got) == list(expected)  # the same order of names
+
+
+@given(ascii_headers)
+def test_the_linear_normalisation_gives_the_upstream_result(items):
+    headers = httpx.Headers(items)
+    assert headers.encoding == "ascii"  # the linear path, not the fallback
+    _same_as_upstream(headers)
+
+
+@given(any_headers)
+def test_any_headers_httpx_accepts_normalise_as_upstream(items):
+    try:
+        headers = httpx.Headers(items)
+    except (UnicodeEncodeError, TypeError):  # what httpx refuses is not ours to normalise
+        return
+    _same_as_upstream(headers)
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [None, {"X-A": "1", "x-b": ["2", "3"]}, [(b"X-A", b"1"), (b"x-a", b"2")], httpx.Headers({"X-A": "caf\u00e9".encode()})],
+    ids=["none", "dict", "raw list", "non-ASCII Headers"],
+)
+def test_other_carriers_go_to_the_upstream_function(carrier):
+    assert fast(carrier, httpx) == upstream_normalize(carrier, httpx)
+
+
+def test_the_instrumentor_installs_it_and_gives_the_module_back():
+    from otel_integration import OtelIntegrationInstrumentor
+    from otel_integration._settings import Settings
+
+    assert upstream_httpx._normalize_headers is upstream_normalize
+    ours = OtelIntegrationInstrumentor()
+    ours.instrument(settings=Settings())
+    try:
+        assert upstream_httpx._normalize_headers is not upstream_normalize
+        assert upstream_httpx._normalize_headers.__wrapped__ is upstream_normalize
+    finally:
+        ours.uninstrument()
+    assert upstream_httpx._normalize_headers is upstream_normalize
+
+
+def test_switched_off_the_upstream_module_is_left_as_it_is(instrument):
+    instrument(upstream_speedups=False)
+    assert upstream_httpx._normalize_headers is upstream_normalize
+
+
+def test_captured_headers_still_reach_the_span(instrument, fault_server, monkeypatch):
+    """Header capture, the one reader of the normalised headers, sees the same values through the speedup."""
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "x-custom")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "content-type")
+    instrumented = instrument()
+    assert upstream_httpx._normalize_headers is not upstream_normalize
+    httpx.get(fault_server.url + "/ok", headers=[("X-Custom", "a, b"), ("x-custom", "c")])
+    (span,) = instrumented.client_spans()
+    assert span.attributes["http.request.header.x_custom"] == ("a", "b", "c")
+    assert span.attributes["http.response.header.content_type"]

@@ -52,6 +52,7 @@ CASES = {
     "OTEL_INTEGRATION_STRUCTURED_ERRORS": ("no", False, "maybe"),
     "OTEL_INTEGRATION_LOG_CORRELATION": ("off", False, "2"),
     "OTEL_INTEGRATION_LOG_FORMAT": ("no", False, "perhaps"),
+    "OTEL_INTEGRATION_UPSTREAM_SPEEDUPS": ("off", False, "fast"),
 }
 
 

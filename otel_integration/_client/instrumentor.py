@@ -43,7 +43,7 @@ from wrapt import wrap_function_wrapper
 from otel_integration import _distro as distro
 from otel_integration import _logs as logs
 from otel_integration._client import layer as layers
-from otel_integration._client import structured
+from otel_integration._client import structured, upstream_speedups
 from otel_integration._client.async_transport import AsyncResilientTransport
 from otel_integration._client.layer import ResilienceLayer
 from otel_integration._client.sync_transport import ResilientTransport
@@ -82,6 +82,8 @@ class OtelIntegrationInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 _logger.exception("otel-integration: could not set up the httpx layer; httpx clients are left as they are")
                 return
         logs.install(settings)
+        if settings.upstream_speedups:
+            upstream_speedups.install()
         if settings.structured_errors:
             structured.install(layer.redactor)
         layers.set_active(layer)
@@ -103,6 +105,7 @@ class OtelIntegrationInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         unwrap(httpx.AsyncClient, "_transport_for_url")
         layers.set_active(None)
         structured.uninstall()
+        upstream_speedups.uninstall()
         layer.close()
         logs.uninstall()
 
