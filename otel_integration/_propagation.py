@@ -68,12 +68,15 @@ def valid_request_id(value: object) -> str | None:
 
 
 def new_request_id() -> str:
-    """A random UUID4 string; the same as ``str(uuid.uuid4())`` at a third of the cost."""
+    """A random UUID4 in its 32-hex-digit form, as ``uuid.uuid4().hex`` (asgi-correlation-id's default).
+
+    Without the dashes: placing them costs twice what the random bytes do
+    (about 5,000 instructions, on every call and every incoming request).
+    """
     raw = bytearray(os.urandom(16))
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return raw.hex()
 
 
 def get_request_id(context: Context | None = None) -> str | None:

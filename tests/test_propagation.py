@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -93,9 +94,12 @@ def test_registered_as_entry_point_for_otel_propagators():
     assert entry_point.load() is RequestIdPropagator
 
 
-def test_new_ids_are_unique_uuid4():
+def test_new_ids_are_unique_uuid4_in_hex_form():
     ids = {new_request_id() for _ in range(100)}
     assert len(ids) == 100
+    for value in ids:
+        assert re.fullmatch(r"[0-9a-f]{32}", value) and uuid.UUID(value).version == 4
+        assert uuid.UUID(value).hex == value and valid_request_id(value) == value
 
 
 def test_inject_during_a_transport_attempt_leaves_the_transports_header_alone():
