@@ -65,7 +65,7 @@ def install() -> bool:
         _logger.debug("otel-integration: opentelemetry-instrumentation-httpx %s is left as it is", __version__)
         return False
     _original = original
-    upstream._normalize_headers = fast_normalize(original)
+    setattr(upstream, "_normalize_headers", fast_normalize(original))  # a module global, looked up per call
     return True
 
 
@@ -75,5 +75,5 @@ def uninstall() -> None:
         return
     from opentelemetry.instrumentation import httpx as upstream
 
-    upstream._normalize_headers = _original
+    setattr(upstream, "_normalize_headers", _original)
     _original = None
