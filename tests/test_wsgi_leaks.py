@@ -6,7 +6,7 @@ reachable from the caller's context, and across WSGI requests (a WSGI
 server's thread runs one request after another in the same context).
 
 Request 1 carries an incoming ``Authorization`` (forwarded by the layer to the
-allowlisted downstream) and makes an outgoing call with a 10 MB body and an
+allowlisted downstream, which a health probe gates) and makes an outgoing call with a 10 MB body and an
 ``Authorization`` header of its own; request 2, on the same thread, finds
 after ``gc.collect()`` that request 1's outgoing request, its body stream, its
 headers and its response are gone (weak references), that the context holds
@@ -45,6 +45,7 @@ from otel_integration._auth import get_incoming_authorization
 from otel_integration._client.tracing import current_attempt
 from otel_integration._server.correlation import current_request
 from otel_integration._settings import Settings
+from tests.peers import QuickFaultServer
 
 BODY_SIZE = 10 * 1024 * 1024
 INCOMING_SECRET = "Bearer incoming-secret-1"
@@ -183,8 +184,19 @@ def in_this_thread(app: Callable[..., Any], requests: list[tuple[str, dict[str, 
 
 
 @pytest.fixture
-def settings(fault_server: Any) -> Settings:
-    return replace(Settings(), auth_forward_to=("127.0.0.1",))
+def probe_target() -> Iterator[QuickFaultServer]:
+    with QuickFaultServer() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(fault_server: Any, probe_target: QuickFaultServer) -> Settings:
+    # Auth forwarding on, and a health probe gating the downstream (the pre-v2 gate found the
+    # request in the context variable that leaked it).
+    return replace(
+        Settings(), auth_forward_to=("127.0.0.1",),
+        health_probes={f"127.0.0.1:{fault_server.port}": f"{probe_target.url}/ok"},
+    )
 
 
 @pytest.fixture
@@ -198,9 +210,9 @@ def server_instrumented(settings: Settings) -> Iterator[None]:
 @pytest.mark.parametrize("driver", [over_wsgiref, in_this_thread], ids=["wsgiref", "direct"])
 @pytest.mark.parametrize("kind", ["flask", "plain"])
 def test_nothing_of_a_wsgi_request_is_reachable_from_the_next(
-    kind, driver, instrument, fault_server, settings, server_instrumented
+    kind, driver, instrument, fault_server, probe_target, settings, server_instrumented
 ):
-    instrument(auth_forward_to=settings.auth_forward_to)
+    instrument(auth_forward_to=settings.auth_forward_to, health_probes=settings.health_probes)
     leaks = Leaks(fault_server.url)
     app = flask_app(leaks) if kind == "flask" else plain_app(leaks, settings)
     answers = driver(
@@ -214,6 +226,7 @@ def test_nothing_of_a_wsgi_request_is_reachable_from_the_next(
     (sent,) = fault_server.requests_to("/ok")
     assert sent.headers["x-request-id"] == "req-1" and sent.headers["authorization"] == OUTGOING_SECRET
     assert fault_server.requests_to("/forwarded-1")[0].headers.get("authorization") == INCOMING_SECRET
+    assert probe_target.requests_to("/ok")  # the probe ran: its gate admitted the calls
 
     assert leaks.second == {
         "alive": [],
