@@ -57,6 +57,8 @@ RETRY_NOW = {
     "OTEL_INTEGRATION_RETRY_JITTER": "0",
     "OTEL_INTEGRATION_RETRY_BUDGET_RATIO": "1",
 }
+# Ours leaving the upstream instrumentations' own code as it is (`upstream_speedups.py` not installed).
+NO_SPEEDUPS = {"OTEL_INTEGRATION_UPSTREAM_SPEEDUPS": "false"}
 # The first refused connection opens the breaker, for longer than any run.
 BREAKER_OPENS = {"OTEL_INTEGRATION_BREAKER_THRESHOLD": "1", "OTEL_INTEGRATION_BREAKER_OPEN_SECONDS": "86400"}
 
@@ -92,8 +94,9 @@ def _configs() -> list[Config]:
     one_client_span = {"spans_per_unit": {"CLIENT": 1.0}}
     configs = [
         Config("client", "bare", "official", "client", launcher=False, expect={**_BARE, "attempts_per_unit": 1.0}),
-        Config("client", "official", "official", "client", expect={**_UPSTREAM_ONLY, **one_client_span, "sent_traceparent": True, "sent_x_request_id": False}),
-        Config("client", "ours", "ours", "client", expect={**_OURS, **one_client_span, "sent_traceparent": True, "sent_x_request_id": True}),
+        Config("client", "official", "official", "client", expect={**_UPSTREAM_ONLY, **one_client_span, "sent_traceparent": True, "sent_x_request_id": False, "upstream_speedups": False}),
+        Config("client", "ours", "ours", "client", expect={**_OURS, **one_client_span, "sent_traceparent": True, "sent_x_request_id": True, "upstream_speedups": True}),
+        Config("client", "ours-no-speedups", "ours", "client", env=NO_SPEEDUPS, expect={**_OURS, **one_client_span, "sent_x_request_id": True, "upstream_speedups": False}),
         Config("client", "ours-no-layer", "ours", "client", env=NO_LAYER, expect={**_UPSTREAM_ONLY, **one_client_span}),
         Config("rejected", "ours", "ours", "rejected", env=BREAKER_OPENS, expect={**_OURS, **one_client_span, "attempts_per_unit": 0.0, "attempts_to_open": 1}),
         Config("retry", "official-one-call", "official", "unavailable", expect={**_UPSTREAM_ONLY, **one_client_span, "attempts_per_unit": 1.0}),
@@ -190,6 +193,7 @@ def summarize(fits: dict[str, linearity.Fit]) -> dict[str, Any]:
     per = {key: f.per_unit for key, f in fits.items()}
     ratios = {
         "client": _ratio(per, "client/ours", "client/official"),
+        "client_no_speedups": _ratio(per, "client/ours-no-speedups", "client/official"),
         "client_no_layer": _ratio(per, "client/ours-no-layer", "client/official"),
         "rejected_vs_happy": _ratio(per, "rejected/ours", "client/ours"),
         "retry_vs_one_call": _ratio(per, "retry/ours", "retry/official-one-call"),
@@ -231,7 +235,13 @@ def render(result: dict[str, Any]) -> str:
             "| configuration | instructions | / official | / bare httpx |",
             "|---|---:|---:|---:|",
         ]
-        for row, label in (("bare", "bare httpx (no launcher)"), ("official", "official distro"), ("ours", "ours"), ("ours-no-layer", "ours, both our instrumentors disabled")):
+        for row, label in (
+            ("bare", "bare httpx (no launcher)"),
+            ("official", "official distro"),
+            ("ours", "ours"),
+            ("ours-no-speedups", "ours with `OTEL_INTEGRATION_UPSTREAM_SPEEDUPS=false` (upstream's header normalisation as it is)"),
+            ("ours-no-layer", "ours, both our instrumentors disabled"),
+        ):
             v = per.get(f"client/{row}")
             out.append(
                 f"| {label} | {_n(v)} | {_r(v / official if v and official else None)} "

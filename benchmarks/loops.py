@@ -228,6 +228,10 @@ def check(unit: Unit, run: Callable[[int], None], n: int) -> dict[str, Any]:
     if counter is not None:
         tracer_provider.add_span_processor(counter)
     facts["upstream_httpx_instrumented"] = hasattr(httpx.HTTPTransport.handle_request, "__wrapped__")
+    upstream = sys.modules.get("opentelemetry.instrumentation.httpx")
+    if upstream is not None:
+        # ours replaces its header normalisation (otel_integration/_client/upstream_speedups.py)
+        facts["upstream_speedups"] = hasattr(upstream._normalize_headers, "__wrapped__")
     layer = None
     if "otel_integration._client.layer" in sys.modules:
         layer = sys.modules["otel_integration._client.layer"].active()

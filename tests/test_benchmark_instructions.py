@@ -56,7 +56,7 @@ def test_client_configurations_are_what_they_claim(client_venvs: None) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     facts = json.loads(done.stdout[done.stdout.index("\n{") + 1 :] if not done.stdout.startswith("{") else done.stdout)
     assert set(facts) == {
-        "client/bare", "client/official", "client/ours", "client/ours-no-layer",
+        "client/bare", "client/official", "client/ours", "client/ours-no-speedups", "client/ours-no-layer",
         "rejected/ours", "retry/official-one-call", "retry/official-by-hand", "retry/ours",
     }
     # The script already stops when a configuration differs from its expectations;
@@ -65,6 +65,8 @@ def test_client_configurations_are_what_they_claim(client_venvs: None) -> None:
     assert facts["client/official"]["sent_traceparent"] and not facts["client/official"]["sent_x_request_id"]
     assert facts["client/ours"]["otel_integration_layer"] and facts["client/ours"]["sent_x_request_id"]
     assert not facts["client/ours-no-layer"]["otel_integration_layer"]
+    assert facts["client/ours"]["upstream_speedups"] and not facts["client/official"]["upstream_speedups"]
+    assert not facts["client/ours-no-speedups"]["upstream_speedups"] and facts["client/ours-no-speedups"]["otel_integration_layer"]
     assert facts["rejected/ours"]["attempts_per_unit"] == 0  # rejected without I/O
     assert facts["retry/ours"]["attempts_per_unit"] == 2 and facts["retry/ours"]["max_resend_count"] == 1
     assert facts["retry/official-one-call"]["attempts_per_unit"] == 1
