@@ -503,9 +503,11 @@ def _fail_and_drop(t: Twin, request: httpx.Request) -> tuple[weakref.ref[BaseExc
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 11: the last attempt's error is raised inside stamina's retry loop; tenacity's RetryCallState "
-    "keeps it in its outcome Future while the error's traceback holds the frames that hold the RetryCallState: "
-    "a cycle only the garbage collector frees (fix: _client/async_transport.py, see the gaps2 report)",
+    reason="issue 11: two cycles only the garbage collector frees. (1) The last attempt's error is raised inside "
+    "stamina's retry loop: tenacity's RetryCallState keeps it in its outcome Future while the error's traceback "
+    "holds the frames that hold the RetryCallState. (2) stamina's retry context is itself a cycle (its wait is a "
+    "bound method of itself) and holds Call.backoff, hence the Call and its request. Fix in _client/call.py and "
+    "_client/async_transport.py (sync twin regenerated): see the gaps2 report",
 )
 def test_the_final_error_of_a_retried_call_is_in_no_reference_cycle(twin):
     """Refcounting alone frees the final error and the request (its body, its Authorization header)."""
