@@ -5,6 +5,7 @@ Paths (all answer JSON with the request headers they saw, unless said):
 - ``/status/<code>``                    always <code>; ``?retry_after=<v>`` adds Retry-After
 - ``/flaky/<key>?fail=N&status=503``    first N requests for <key> fail with status, then 200
 - ``/slow?delay=<s>``                   sleeps, then 200
+- ``/hold/<key>?status=200``            held until the test calls `FaultServer.release(key)`, then status
 - ``/reset``                            closes the connection without answering
 - ``/reset-once/<key>``                 closes the first time for <key>, then 200
 - ``/cache/<key>?cc=<Cache-Control>&date_ago=<s>&fail_after=N&status=503``
@@ -103,6 +104,10 @@ class _Handler(BaseHTTPRequestHandler):
                     extra["Retry-After"] = query["retry_after"]
         elif parts[0] == "slow":
             time.sleep(float(query.get("delay", "1")))
+        elif parts[0] == "hold":
+            # Bounded only so that a failed test cannot hang the server's thread forever.
+            self.server.hold(parts[1]).wait(timeout=120)
+            status = int(query.get("status", "200"))
         elif parts[0] == "reset":
             self._reset()
             return
@@ -168,6 +173,11 @@ class _Server(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.requests: list[SeenRequest] = []
         self.counts: Counter[str] = Counter()
+        self.holds: dict[str, threading.Event] = {}
+
+    def hold(self, key: str) -> threading.Event:
+        with self.lock:
+            return self.holds.setdefault(key, threading.Event())
 
 
 class FaultServer:
@@ -182,8 +192,16 @@ class FaultServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with self._server.lock:
+            held = list(self._server.holds.values())
+        for event in held:
+            event.set()
         self._server.shutdown()
         self._server.server_close()
+
+    def release(self, key: str) -> None:
+        """Let every request to ``/hold/<key>`` (held now or later) answer."""
+        self._server.hold(key).set()
 
     @property
     def requests(self) -> list[SeenRequest]:

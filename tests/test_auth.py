@@ -15,7 +15,7 @@ from opentelemetry import propagate
 
 from otel_integration import _auth as auth
 from otel_integration._distro import default_propagator
-from otel_integration import RequestIdMiddleware
+from otel_integration import RequestIdMiddleware, ServerInstrumentor
 from otel_integration._settings import Settings
 from tests.peers import FaultServer
 from tests.test_server import run_asgi
@@ -59,14 +59,61 @@ def instrumented(instrument: Any, settings: Settings) -> Any:
 
 
 def test_forwarded_only_to_allowlisted_downstreams(instrument: Any, fault_server: FaultServer, second_server: FaultServer) -> None:
+    """Wired by the client instrumentor alone (the issue's case: it was the server instrumentor's job)."""
     settings = settings_for(fault_server, auth_forward_to=frozenset({"extract"}))
     instrumented(instrument, settings)
+    assert not ServerInstrumentor().is_instrumented_by_opentelemetry
     app = RequestIdMiddleware(app_calling(fault_server.url + "/ok", second_server.url + "/ok"), settings)
     run_asgi(app, headers=[("Authorization", TOKEN)])
+    assert not ServerInstrumentor().is_instrumented_by_opentelemetry  # still off: nothing turned it on meanwhile
     assert [r.headers.get("authorization") for r in fault_server.requests] == [TOKEN, TOKEN]
     assert second_server.requests and all("authorization" not in r.headers for r in second_server.requests)
     # not smuggled in any other header either (baggage, traceparent, ...)
     assert all(TOKEN not in str(r.headers) for r in second_server.requests)
+
+
+def test_forwarding_and_probes_together_with_the_server_instrumentor_off(
+    instrument: Any, fault_server: FaultServer, second_server: FaultServer
+) -> None:
+    """Both client features at once, the server instrumentor never instrumented: a healthy probe lets the
+    forwarded call through, a failing one stops calls before they are sent (sync and async)."""
+    from otel_integration.errors import DownstreamUnhealthyError
+    from tests.peers import wait_until
+
+    with FaultServer() as probe_target:
+        inst = instrument(
+            services={"extract": address(fault_server), "load": address(second_server)},
+            auth_forward_to=frozenset({"extract", "load"}),
+            health_probes={"extract": probe_target.url + "/ok", "load": probe_target.url + "/status/503"},
+        )
+        assert not ServerInstrumentor().is_instrumented_by_opentelemetry
+        probes = inst.layer.downstreams.probes
+        wait_until(lambda: probes["extract"].healthy is True and probes["load"].healthy is False, what="the probes")
+        refused: list[str] = []
+
+        async def app(scope: dict, receive: Any, send: Any) -> None:
+            async with httpx.AsyncClient() as client:
+                await client.get(fault_server.url + "/ok")
+                try:
+                    await client.get(second_server.url + "/ok")
+                except DownstreamUnhealthyError:
+                    refused.append("async")
+            with httpx.Client() as client:
+                client.get(fault_server.url + "/ok?sync=1")
+                try:
+                    client.get(second_server.url + "/ok?sync=1")
+                except DownstreamUnhealthyError:
+                    refused.append("sync")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        settings = replace(Settings(), services={"extract": address(fault_server), "load": address(second_server)},
+                           auth_forward_to=frozenset({"extract", "load"}))
+        run_asgi(RequestIdMiddleware(app, settings), headers=[("Authorization", TOKEN)])
+        assert not ServerInstrumentor().is_instrumented_by_opentelemetry
+    assert [r.headers.get("authorization") for r in fault_server.requests] == [TOKEN, TOKEN]
+    assert refused == ["async", "sync"] and second_server.requests == []
+    assert {r.path for r in probe_target.requests} == {"/ok", "/status/503"}  # both probes ran
 
 
 def test_allowlist_by_host_and_port(instrument: Any, fault_server: FaultServer, second_server: FaultServer) -> None:

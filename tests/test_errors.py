@@ -282,3 +282,74 @@ def test_under_the_launcher(tmp_path, receiver):  # noqa: F811
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["connect"][:3] == ["ConnectError", True, 2] and "2 attempts" in out["connect"][3]
     assert out["status"] == ["UnavailableStatusError", True, 2, f"127.0.0.1:{server.port}"]
+
+
+# --- a process pool: the issue's case (a worker raising one broke the pool) ------------------------------
+
+
+def _worker_pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _raise_in_worker(case: str, port: int, probe_url: str) -> None:
+    """In a pool worker: a real call through the sync transport that fails with the error of `case`."""
+    from dataclasses import replace
+
+    from otel_integration import ResilientTransport
+    from otel_integration._client.layer import ResilienceLayer
+    from otel_integration._settings import Settings
+
+    key = f"127.0.0.1:{port}"
+    fast = {"retry_initial_wait": 0.01, "retry_max_wait": 0.05, "retry_jitter": 0.0}
+    if case == "connect":
+        settings = replace(Settings(), **fast, retry_attempts=2, breaker_threshold=1000)
+    elif case == "circuit_open":
+        settings = replace(Settings(), **fast, retry_attempts=1, breaker_threshold=1, breaker_open_seconds=600)
+    else:
+        settings = replace(Settings(), **fast, health_probes={key: probe_url}, health_probe_ttl=600)
+    layer = ResilienceLayer(settings, tracer_provider=TracerProvider())
+    try:
+        if case == "unhealthy":
+            assert layer.downstreams.probes[key].status(wait=60) is False  # the probe's first result: failing
+        with httpx.Client(transport=ResilientTransport(httpx.HTTPTransport(), layer)) as client:
+            url = f"http://{key}/"
+            if case == "circuit_open":
+                try:
+                    client.get(url)  # refused: opens the breaker
+                except httpx.ConnectError:
+                    pass
+            client.get(url, headers={"X-Request-ID": f"rid-{case}"})
+    finally:
+        layer.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "cls", "attempts"),
+    [("connect", errors.ConnectError, 2), ("circuit_open", CircuitOpenError, 0),
+     ("unhealthy", errors.DownstreamUnhealthyError, 0)],
+    ids=["ConnectError", "CircuitOpenError", "DownstreamUnhealthyError"],
+)
+def test_an_error_raised_in_a_process_pool_worker_reaches_the_parent_and_the_pool_lives_on(case, cls, attempts):
+    import concurrent.futures
+    import multiprocessing
+
+    port = closed_port()
+    # spawn: the worker is a fresh interpreter, so the error really crosses the process boundary by pickle.
+    context = multiprocessing.get_context("spawn")
+    with QuickFaultServer() as probe_target, concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        pid = pool.submit(_worker_pid).result(timeout=120)
+        future = pool.submit(_raise_in_worker, case, port, probe_target.url + "/status/503")
+        with pytest.raises(cls) as raised:
+            future.result(timeout=120)
+        error = raised.value
+        assert type(error) is cls
+        assert (error.downstream, error.attempts, error.request_id) == (f"127.0.0.1:{port}", attempts, f"rid-{case}")
+        if case == "circuit_open":
+            assert isinstance(error.retry_at, float)
+        with pytest.raises(RuntimeError):
+            error.request  # noqa: B018 - the request stayed in the worker (httpx's own "not set" error)
+        # The pool is not broken: the same worker answers the next task.
+        assert pool.submit(_worker_pid).result(timeout=120) == pid
+        assert pool.submit(_worker_pid).result(timeout=120) == pid

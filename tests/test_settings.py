@@ -189,6 +189,52 @@ def test_values_that_broke_the_app_are_rejected_by_name(variable, value):
     assert len(problems) == 1 and problems[0].startswith(f"{variable}=")
 
 
+# Every integer and float setting, as `options()` lists them (a new one is covered without editing this list).
+_NUMERIC = [f for f in options() if f.type in ("int", "float")]
+# ARABIC-INDIC and FULLWIDTH digits, alone, mixed with ASCII and (for floats) around a decimal point.
+_NON_ASCII_INTEGERS = ["\u0663", "\uff15", "1\u0663", "\u0661\u0660"]
+_NON_ASCII_FLOATS = [*_NON_ASCII_INTEGERS, "\u0660.\u0665", "\uff10.\uff15", "1.\u0665", "\u0663.0"]
+
+
+def _non_ascii_cases() -> list[tuple[str, str]]:
+    return [
+        (f.metadata["env"], value)
+        for f in _NUMERIC
+        for value in (_NON_ASCII_INTEGERS if f.type == "int" else _NON_ASCII_FLOATS)
+    ]
+
+
+def test_the_numeric_settings_are_the_ones_the_non_ascii_test_covers():
+    names = {f.name for f in _NUMERIC}
+    assert {"retry_attempts", "breaker_threshold", "breaker_half_open_calls", "max_downstreams"} <= names
+    assert {"timeout", "retry_deadline", "retry_max_wait", "breaker_open_seconds", "health_probe_ttl"} <= names
+    for f in _NUMERIC:  # the ASCII spelling of the same numbers is accepted: the digits are what is refused
+        assert f.metadata["parse"]("3") == 3
+        if f.type == "float":
+            assert f.metadata["parse"]("0.5") == 0.5
+
+
+@pytest.mark.parametrize(("variable", "value"), _non_ascii_cases(), ids=lambda v: v.encode("unicode_escape").decode())
+def test_non_ascii_digits_are_refused_for_every_numeric_setting(variable, value):
+    """The issue's bug (`\u0663`, `\uff15` accepted as numbers), for every integer and float variable."""
+    settings, problems = Settings.parse({variable: value})
+    assert len(problems) == 1 and problems[0].startswith(f"{variable}="), problems
+    name = next(f.name for f in _NUMERIC if f.metadata["env"] == variable)
+    assert getattr(settings, name) == getattr(Settings(), name)  # the default is kept
+
+
+@pytest.mark.parametrize(
+    "field", [f for f in _NUMERIC if f.name.startswith(("retry_", "breaker_")) or f.name in ("timeout", "cache_ttl",
+              "cache_max_stale")], ids=lambda f: f.name,
+)
+@pytest.mark.parametrize("value", ["\u0663", "\u0660.\u0665"], ids=["arabic-indic", "arabic-indic-decimal"])
+def test_non_ascii_digits_are_refused_in_per_service_overrides(field, value):
+    variable = f"OTEL_INTEGRATION_SERVICE_CATALOG_{field.name.upper()}"
+    settings, problems = Settings.parse({"OTEL_INTEGRATION_SERVICES": "catalog=http://catalog:8082", variable: value})
+    assert len(problems) == 1 and problems[0].startswith(f"{variable}="), problems
+    assert settings.service_overrides == {}
+
+
 def test_the_otel_variables_the_distro_relies_on_are_checked():
     from otel_integration._settings import otel_problems
 

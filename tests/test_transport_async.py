@@ -237,6 +237,22 @@ def test_request_ids(instrument, fault_server):
     assert ids[0] not in concurrent
 
 
+@pytest.mark.parametrize("bad", ["has space", "semi;colon", "x" * 129, ""])
+def test_callers_own_invalid_request_id_is_sent_unchanged_and_never_recorded(instrument, fault_server, bad):
+    """The async twin of test_transport.py's: the caller's own `Request` object is left as the caller made it."""
+    inst = instrument()
+    request = httpx.Request("GET", f"{fault_server.url}/flaky/bad?fail=1", headers={"X-Request-ID": bad})
+
+    async def main() -> httpx.Response:
+        async with httpx.AsyncClient() as client:
+            return await client.send(request)
+
+    assert run(main()).status_code == 200
+    assert request.headers["x-request-id"] == bad  # not overwritten on the caller's Request
+    assert fault_server.request_ids("/flaky/bad") == [bad, bad]  # sent as is, on every attempt
+    assert [Instrumented.request_id_of(s) for s in inst.attempt_spans(fault_server.port)] == [None, None]
+
+
 # --- discarded responses --------------------------------------------------------------------
 
 
