@@ -501,16 +501,13 @@ def _fail_and_drop(t: Twin, request: httpx.Request) -> tuple[weakref.ref[BaseExc
     return asyncio.run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: two cycles only the garbage collector frees. (1) The last attempt's error is raised inside "
-    "stamina's retry loop: tenacity's RetryCallState keeps it in its outcome Future while the error's traceback "
-    "holds the frames that hold the RetryCallState. (2) stamina's retry context is itself a cycle (its wait is a "
-    "bound method of itself) and holds Call.backoff, hence the Call and its request. Fix in _client/call.py and "
-    "_client/async_transport.py (sync twin regenerated): see the gaps2 report",
-)
 def test_the_final_error_of_a_retried_call_is_in_no_reference_cycle(twin):
-    """Refcounting alone frees the final error and the request (its body, its Authorization header)."""
+    """Refcounting alone frees the final error and the request (its body, its Authorization header).
+
+    Two cycles did keep them until the garbage collector ran: the last error raised inside
+    stamina's loop (tenacity's retry state keeps it, its traceback keeps that state), and
+    stamina's retry context, itself a cycle, holding Call.backoff.
+    """
     t = twin(retry_attempts=3, breaker_threshold=1000)
     request = httpx.Request("GET", f"http://127.0.0.1:{closed_port()}/", headers={"Authorization": "Bearer secret"})
     request_alive = weakref.ref(request)

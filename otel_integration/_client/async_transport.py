@@ -49,14 +49,23 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             return await self._retry(call, result)
         return call.respond(result)
 
-    async def _attempt(self, call: Call) -> httpx.Response | AttemptOutcome:
-        """The final response, or the outcome to retry; a final error is raised."""
+    async def _attempt(self, call: Call, *, in_loop: bool = False) -> httpx.Response | AttemptOutcome:
+        """The final response, or the outcome to retry; a final error is raised.
+
+        ``in_loop`` (a retry, inside stamina's loop): a final error is returned as
+        a final outcome instead, for `Call.finish` to raise once the loop is left.
+        Raised inside it, tenacity would keep it in its retry state, which the
+        error's traceback holds: a cycle keeping the request alive until the
+        garbage collector runs.
+        """
         call.start()
         try:
             response = await self.transport.handle_async_request(call.request)
         except BaseException as error:
             outcome = call.failed(error)
             if outcome is None:
+                if in_loop and isinstance(error, Exception):
+                    return call.final(error)
                 raise call.raised(error)  # noqa: B904 - the twin's cause is set: it is the same failure
             return outcome
         return call.answered(response) or response
@@ -72,9 +81,11 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                         break  # refused after the wait: the last outcome stands
                     if outcome.response is not None:
                         await _discard(outcome.response)
-                    result = await self._attempt(call)
+                    result = await self._attempt(call, in_loop=True)
                     if isinstance(result, AttemptOutcome):
                         outcome = result
+                        if outcome.final:
+                            break  # the last error: raised by finish, outside stamina's loop
                         raise outcome
                     answer = result  # stamina's loop ends: the attempt did not raise
         except AttemptOutcome as last:  # stamina stopped retrying

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import Any
 
 import httpx
@@ -57,13 +58,18 @@ _MAX_DEADLINE = 86400.0
 _logger = logging.getLogger("otel_integration.retries")  # the retry log's logger (`retry_log`)
 
 
+def _stop(exc: Exception) -> bool:
+    """The backoff hook of a call that is gone: no retry."""
+    return False
+
+
 class AttemptOutcome(Exception):
     """A retryable attempt's outcome on its way through stamina's retry loop; never reaches a caller.
 
     A final answer needs none: the transport hands the response to `Call.respond`.
     """
 
-    __slots__ = ("response", "error", "reason", "downstream", "number")
+    __slots__ = ("response", "error", "reason", "downstream", "number", "final")
 
     def __init__(
         self,
@@ -72,10 +78,12 @@ class AttemptOutcome(Exception):
         *,
         response: httpx.Response | None = None,
         error: BaseException | None = None,
+        final: bool = False,
     ) -> None:
         super().__init__()
         self.downstream = downstream
         self.number = number
+        self.final = final  # not to retry: the call's last error, never raised through stamina
         self.response = response
         self.error = error
         self.reason = str(response.status_code) if response is not None else error_type(type(error or Exception()))
@@ -92,6 +100,7 @@ class Call:
     __slots__ = (
         "layer", "request", "downstream", "attempts", "can_retry", "deadline_at", "replayable", "made",
         "retries", "withdrawn", "first_info", "measured", "request_id", "last_status", "_permit", "_started", "_elapsed", "_token", "_outcomes",
+        "__weakref__",
     )
 
     @classmethod
@@ -282,6 +291,10 @@ class Call:
                 _logger.exception("otel-integration: could not record a failed attempt")
         return None
 
+    def final(self, error: Exception) -> AttemptOutcome:
+        """A retry's final error (`failed` said None), to leave stamina's loop with; `finish` raises it."""
+        return self._outcome(AttemptOutcome(self.downstream.key, self.made, error=error, final=True))
+
     def _outcome(self, outcome: AttemptOutcome) -> AttemptOutcome:
         self._outcomes.append(outcome)
         return outcome
@@ -307,8 +320,12 @@ class Call:
 
     def retrying(self) -> Any:
         """stamina's retry loop for this call; every wait is `backoff`'s (stamina's own formula is unused)."""
+        # stamina's retry context is a reference cycle (its wait is a bound method of
+        # itself): what it holds lives until the garbage collector runs. It holds
+        # this call (and its request) only weakly.
+        backoff = weakref.WeakMethod(self.backoff)
         return stamina.retry_context(
-            on=self.backoff,
+            on=lambda exc: _stop(exc) if (hook := backoff()) is None else hook(exc),
             attempts=self.attempts,
             timeout=None,  # the deadline is ours: see backoff and readmit
             wait_initial=0.0,
