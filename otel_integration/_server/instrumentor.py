@@ -24,7 +24,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otel_integration import _auth as auth
 from otel_integration import _shutdown
 from otel_integration import _logs as logs
-from otel_integration._server import asgi, shield, wsgi
+from otel_integration._server import asgi, shield, upstream, wsgi
 from otel_integration._server.correlation import Correlator, deactivate_span_processors
 from otel_integration._settings import ASGI_INTERNAL_SPANS, Settings
 
@@ -55,6 +55,7 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             logs.install(settings)
             core = Correlator(settings)
             self._patch_upstream_asgi(core)
+            self._patch_upstream_wsgi(core)
             self._patch_starlette(core)
             self._patch_uvicorn(core)
             self._patch_flask(core)
@@ -97,11 +98,21 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         def patch(module: Any) -> None:
             shield.install_when_loaded()
+            ServerInstrumentor._restores.append(upstream.install_asgi(module))
             self._exclude_internal_spans(module.OpenTelemetryMiddleware, core.settings)
 
         _when_imported(
             "opentelemetry.instrumentation.asgi", "opentelemetry.instrumentation.asgi", core, patch,
             "otel-integration: could not set up the ASGI instrumentation's defaults",
+        )
+
+    def _patch_upstream_wsgi(self, core: Correlator) -> None:
+        """The upstream WSGI module (used by the flask instrumentation), once imported: its
+        per-request custom-header collectors replaced with cheaper equivalents (`upstream`)."""
+        _when_imported(
+            "opentelemetry.instrumentation.wsgi", "opentelemetry.instrumentation.wsgi", core,
+            lambda module: ServerInstrumentor._restores.append(upstream.install_wsgi(module)),
+            "otel-integration: could not set up the WSGI instrumentation",
         )
 
     def _exclude_internal_spans(self, middleware: Any, settings: Settings) -> None:

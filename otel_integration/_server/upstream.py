@@ -1,0 +1,126 @@
+"""Per-request helpers of the upstream server instrumentations, replaced with cheaper equivalents.
+
+Each replacement returns what the upstream function returns, for every input;
+only the work differs. They matter because they run several times per request
+(issue 15: the per-request instruction budget of the server path):
+
+* ``opentelemetry.instrumentation.asgi.ASGIGetter.get``: the upstream getter
+  decodes every header name of the scope (a Python call per name) to find one
+  header; the middleware and the propagators ask it for about nine headers
+  per request. `asgi_getter` compares ASCII names as bytes, in C, and decodes
+  (with the module's decoder, so `shield` applies) only what matches.
+* ``opentelemetry.instrumentation.wsgi.collect_custom_request_headers_attributes``
+  and ``..._response_...``: upstream builds its header sanitizer (two
+  environment reads and, with the sanitized fields this distro sets, a regex
+  look-up) before it learns that no header is to be captured. The
+  replacements first read the capture variable, as upstream does on every
+  call, and return upstream's empty answer when it is unset.
+
+They are applied only to the upstream versions they were written against
+(`TESTED`): another version keeps its own functions (the test suite fails
+then, in ``test_upstream_speedups_apply``, so the list is revisited with the
+pin). `install_asgi` / `install_wsgi` return a function restoring upstream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+# The opentelemetry-instrumentation-{asgi,wsgi} versions these replacements mirror.
+TESTED = ("0.66b1",)
+
+_CAPTURE_REQUEST = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"
+_CAPTURE_RESPONSE = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"
+
+
+def _version(module: Any) -> str | None:
+    version = getattr(getattr(module, "version", None), "__version__", None)
+    return version if isinstance(version, str) else None
+
+
+def _noop() -> None:
+    return None
+
+
+def install_asgi(module: Any) -> Callable[[], None]:
+    """Replace ``ASGIGetter.get`` of the loaded upstream ASGI module (`module`), if its version is tested."""
+    getter = getattr(module, "ASGIGetter", None)
+    if _version(module) not in TESTED or getter is None or "get" not in getter.__dict__:
+        return _noop
+    original = getter.__dict__["get"]
+    if getattr(original, "__module__", None) == __name__:
+        return _noop  # already replaced
+    replacement = asgi_getter(module)
+    replacement.__wrapped__ = original  # type: ignore[attr-defined]
+    getter.get = replacement
+
+    def restore() -> None:
+        if getter.__dict__.get("get") is replacement:
+            getter.get = original
+
+    return restore
+
+
+def asgi_getter(module: Any) -> Callable[[Any, dict[str, Any], str], list[str] | None]:
+    """``ASGIGetter.get`` of `module`: the decoded values of header `key`, or None."""
+
+    def get(self: Any, carrier: dict[str, Any], key: str) -> list[str] | None:
+        headers = carrier.get("headers")
+        if not headers:
+            return None
+        key = key.lower()
+        decode: Callable[[Any], str] = module._decode_header_item  # the shield's, when installed
+        if key.isascii():
+            raw = key.encode("ascii")
+            try:
+                # An ASCII bytes name matches exactly when its bytes, lowered, are the key's.
+                # Any other name (non-ASCII: "\u212a" lowers to "k"; a str; a buffer) is
+                # compared as upstream compares it, decoded.
+                decoded = [
+                    decode(value)
+                    for name, value in headers
+                    if name.lower() == raw
+                    or ((type(name) is not bytes or not name.isascii()) and decode(name).lower() == key)
+                ]
+            except (AttributeError, TypeError):  # a name without .lower(): upstream's way, for its outcome
+                decoded = [decode(value) for name, value in headers if decode(name).lower() == key]
+        else:
+            decoded = [decode(value) for name, value in headers if decode(name).lower() == key]
+        return decoded or None
+
+    return get
+
+
+def install_wsgi(module: Any) -> Callable[[], None]:
+    """Replace the custom-header collectors of the loaded upstream WSGI module (`module`), if its version is tested."""
+    names = ("collect_custom_request_headers_attributes", "collect_custom_response_headers_attributes")
+    originals = [getattr(module, name, None) for name in names]
+    if _version(module) not in TESTED or not all(callable(f) for f in originals):
+        return _noop
+    request_original, response_original = originals
+    if getattr(request_original, "__wrapped__", None) is not None:
+        return _noop  # already replaced
+
+    def collect_custom_request_headers_attributes(environ: Any) -> dict[str, list[str]]:
+        if not os.environ.get(_CAPTURE_REQUEST):
+            return {}
+        return request_original(environ)  # type: ignore[no-any-return, misc]
+
+    def collect_custom_response_headers_attributes(response_headers: Any) -> dict[str, list[str]]:
+        if not os.environ.get(_CAPTURE_RESPONSE):
+            return {}
+        return response_original(response_headers)  # type: ignore[no-any-return, misc]
+
+    replacements = (collect_custom_request_headers_attributes, collect_custom_response_headers_attributes)
+    for name, original, replacement in zip(names, originals, replacements):
+        replacement.__wrapped__ = original  # type: ignore[attr-defined]
+        setattr(module, name, replacement)
+
+    def restore() -> None:
+        for name, original, replacement in zip(names, originals, replacements):
+            if getattr(module, name, None) is replacement:
+                setattr(module, name, original)
+
+    return restore

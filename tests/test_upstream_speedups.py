@@ -1,0 +1,124 @@
+"""The cheaper replacements of upstream per-request helpers (`_server/upstream.py`): applied, and equivalent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import opentelemetry.instrumentation.asgi as upstream_asgi
+import opentelemetry.instrumentation.wsgi as upstream_wsgi
+from otel_integration._server import shield, upstream
+from otel_integration._server.instrumentor import ServerInstrumentor
+from otel_integration._settings import Settings
+
+_ORIGINAL_GET = upstream_asgi.ASGIGetter.__dict__["get"]
+
+
+def test_upstream_speedups_apply() -> None:
+    """Fails when the pinned upstream versions move past `upstream.TESTED`: check the
+    replacements still mirror upstream, then add the version."""
+    originals = (
+        upstream_asgi.ASGIGetter.__dict__["get"],
+        upstream_wsgi.collect_custom_request_headers_attributes,
+        upstream_wsgi.collect_custom_response_headers_attributes,
+    )
+    instrumentor = ServerInstrumentor()
+    instrumentor.instrument(settings=Settings())
+    try:
+        assert upstream_asgi.ASGIGetter.__dict__["get"].__wrapped__ is originals[0]
+        assert upstream_wsgi.collect_custom_request_headers_attributes.__wrapped__ is originals[1]
+        assert upstream_wsgi.collect_custom_response_headers_attributes.__wrapped__ is originals[2]
+    finally:
+        instrumentor.uninstrument()
+    assert (
+        upstream_asgi.ASGIGetter.__dict__["get"],
+        upstream_wsgi.collect_custom_request_headers_attributes,
+        upstream_wsgi.collect_custom_response_headers_attributes,
+    ) == originals
+
+
+class _OtherVersion:
+    """A module of an untested upstream version: left as it is."""
+
+    class version:  # noqa: N801 - mirrors the module attribute
+        __version__ = "0.1b0"
+
+    class ASGIGetter:
+        def get(self, carrier: Any, key: str) -> None:
+            return None
+
+    def collect_custom_request_headers_attributes(self, environ: Any) -> None:
+        return None
+
+    def collect_custom_response_headers_attributes(self, headers: Any) -> None:
+        return None
+
+
+def test_untested_versions_keep_their_functions() -> None:
+    module = _OtherVersion()
+    before = (module.ASGIGetter.__dict__["get"], module.collect_custom_request_headers_attributes)
+    upstream.install_asgi(module)()
+    upstream.install_wsgi(module)()
+    assert (module.ASGIGetter.__dict__["get"], module.collect_custom_request_headers_attributes) == before
+
+
+_names = st.one_of(
+    st.sampled_from([b"host", b"Host", b"HOST", b"user-agent", b"traceparent", b"\xe2\x84\xaaey", b"k\xffey", b"\xc4\xb0d"]),
+    st.binary(max_size=6),
+    st.sampled_from(["host", "Host", "K\u212aey"]),
+    st.builds(bytearray, st.sampled_from([b"host", b"Host", b"other"])),
+)
+_values = st.one_of(st.binary(max_size=8), st.sampled_from([b"v", b"\\xff\\x", b"caf\xc3\xa9"]))
+_keys = st.sampled_from(["host", "Host", "user-agent", "traceparent", "key", "k\xffey", "i\u0307d", "", "\u212aey"])
+
+
+@pytest.mark.parametrize("shielded", [True, False])
+@given(headers=st.lists(st.tuples(_names, _values), max_size=5), key=_keys)
+def test_asgi_getter_answers_as_upstream(shielded: bool, headers: list[tuple[Any, bytes]], key: str) -> None:
+    decoder = upstream_asgi._decode_header_item
+    upstream_asgi._decode_header_item = shield.decode_header_item if shielded else shield._state["original"] or decoder
+    try:
+        fast = upstream.asgi_getter(upstream_asgi)
+        carrier = {"headers": headers}
+        try:
+            expected: Any = _ORIGINAL_GET(upstream_asgi.asgi_getter, carrier, key)
+        except Exception as error:  # noqa: BLE001 - the upstream decoder may raise: so must we
+            with pytest.raises(type(error)):
+                fast(upstream_asgi.asgi_getter, carrier, key)
+            return
+        assert fast(upstream_asgi.asgi_getter, carrier, key) == expected
+    finally:
+        upstream_asgi._decode_header_item = decoder
+
+
+def test_asgi_getter_without_headers() -> None:
+    fast = upstream.asgi_getter(upstream_asgi)
+    assert fast(None, {}, "host") is None
+    assert fast(None, {"headers": []}, "host") is None
+    assert fast(None, {"headers": [(b"a", b"1")]}, "host") is None
+
+
+def test_wsgi_custom_headers_are_still_captured_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    restore = upstream.install_wsgi(upstream_wsgi)
+    try:
+        environ = {"HTTP_X_THING": "1", "HTTP_AUTHORIZATION": "Bearer s"}
+        response = [("X-Out", "2"), ("Set-Cookie", "a=b")]
+        assert upstream_wsgi.collect_custom_request_headers_attributes(environ) == {}
+        assert upstream_wsgi.collect_custom_response_headers_attributes(response) == {}
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "x-thing,authorization")
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "x-out,set-cookie")
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "authorization,set-cookie")
+        assert upstream_wsgi.collect_custom_request_headers_attributes(environ) == {
+            "http.request.header.x_thing": ["1"],
+            "http.request.header.authorization": ["[REDACTED]"],
+        }
+        assert upstream_wsgi.collect_custom_response_headers_attributes(response) == {
+            "http.response.header.x_out": ["2"],
+            "http.response.header.set_cookie": ["[REDACTED]"],
+        }
+    finally:
+        restore()
+    assert not hasattr(upstream_wsgi.collect_custom_request_headers_attributes, "__wrapped__")
