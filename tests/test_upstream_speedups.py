@@ -9,7 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import opentelemetry.instrumentation.asgi as upstream_asgi
+import opentelemetry.instrumentation.fastapi as upstream_fastapi
+import opentelemetry.instrumentation.flask as upstream_flask
 import opentelemetry.instrumentation.wsgi as upstream_wsgi
+import opentelemetry.util.http as util_http
 from otel_integration._server import shield, upstream
 from otel_integration._server.instrumentor import ServerInstrumentor
 from otel_integration._settings import Settings
@@ -20,24 +23,28 @@ _ORIGINAL_GET = upstream_asgi.ASGIGetter.__dict__["get"]
 def test_upstream_speedups_apply() -> None:
     """Fails when the pinned upstream versions move past `upstream.TESTED`: check the
     replacements still mirror upstream, then add the version."""
-    originals = (
-        upstream_asgi.ASGIGetter.__dict__["get"],
-        upstream_wsgi.collect_custom_request_headers_attributes,
-        upstream_wsgi.collect_custom_response_headers_attributes,
-    )
+    sanitizing = (upstream_asgi, upstream_wsgi, upstream_flask, upstream_fastapi)
+
+    def current() -> tuple[Any, ...]:
+        return (
+            upstream_asgi.ASGIGetter.__dict__["get"],
+            upstream_wsgi.collect_custom_request_headers_attributes,
+            upstream_wsgi.collect_custom_response_headers_attributes,
+            *(module.sanitize_method for module in sanitizing),
+        )
+
+    originals = current()
+    assert all(module.sanitize_method is util_http.sanitize_method for module in sanitizing)
     instrumentor = ServerInstrumentor()
     instrumentor.instrument(settings=Settings())
     try:
         assert upstream_asgi.ASGIGetter.__dict__["get"].__wrapped__ is originals[0]
         assert upstream_wsgi.collect_custom_request_headers_attributes.__wrapped__ is originals[1]
         assert upstream_wsgi.collect_custom_response_headers_attributes.__wrapped__ is originals[2]
+        assert all(module.sanitize_method is upstream.sanitize_method for module in sanitizing)
     finally:
         instrumentor.uninstrument()
-    assert (
-        upstream_asgi.ASGIGetter.__dict__["get"],
-        upstream_wsgi.collect_custom_request_headers_attributes,
-        upstream_wsgi.collect_custom_response_headers_attributes,
-    ) == originals
+    assert current() == originals
 
 
 class _OtherVersion:
@@ -122,3 +129,24 @@ def test_wsgi_custom_headers_are_still_captured_when_asked(monkeypatch: pytest.M
     finally:
         restore()
     assert not hasattr(upstream_wsgi.collect_custom_request_headers_attributes, "__wrapped__")
+
+
+_METHOD_CASES = ["GET", "get", "Patch", "QUERY", "PROPFIND", "", " GET", "g\u0117t", "\u00df"]
+
+
+@pytest.mark.parametrize("capture_all", [None, "", "1", "true"])
+def test_sanitize_method_answers_as_upstream(capture_all: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if capture_all is None:
+        monkeypatch.delenv("OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS", capture_all)
+    for method in [*_METHOD_CASES, None]:
+        assert upstream.sanitize_method(method) == util_http.sanitize_method(method), method
+
+
+def test_sanitize_method_of_another_util_http_version_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(util_http.version, "__version__", "0.1b0")
+    module = _OtherVersion()
+    module.sanitize_method = util_http.sanitize_method  # type: ignore[attr-defined]
+    upstream.install_sanitize_method(module)
+    assert module.sanitize_method is util_http.sanitize_method  # type: ignore[attr-defined]

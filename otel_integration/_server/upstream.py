@@ -15,11 +15,22 @@ only the work differs. They matter because they run several times per request
   look-up) before it learns that no header is to be captured. The
   replacements first read the capture variable, as upstream does on every
   call, and return upstream's empty answer when it is unset.
+* ``opentelemetry.util.http.sanitize_method``, as bound in the asgi, wsgi,
+  flask and fastapi instrumentations (one to three calls per request): upstream
+  reads ``OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS`` before it looks
+  at the method; `sanitize_method` reads it only for a method outside the
+  standard list, where the answer depends on it.
+
+An unset variable costs ``os.environ.get`` about 8,500 instructions (a
+KeyError raised and caught in Python), more than the rest of these helpers:
+`_env` reads the environment's own dict instead, the same mapping
+``os.environ`` reads and writes (``monkeypatch.setenv`` included).
 
 They are applied only to the upstream versions they were written against
-(`TESTED`): another version keeps its own functions (the test suite fails
+(`TESTED`, of the instrumentation, or of opentelemetry-util-http for
+`sanitize_method`): another version keeps its own functions (the test suite fails
 then, in ``test_upstream_speedups_apply``, so the list is revisited with the
-pin). `install_asgi` / `install_wsgi` return a function restoring upstream.
+pin). Each ``install_*`` returns a function restoring upstream.
 """
 
 from __future__ import annotations
@@ -33,6 +44,21 @@ TESTED = ("0.66b1",)
 
 _CAPTURE_REQUEST = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"
 _CAPTURE_RESPONSE = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"
+
+
+# The standard methods of opentelemetry.util.http.sanitize_method (RFC 9110, RFC 5789, QUERY).
+_METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"])
+_CAPTURE_ALL_METHODS = "OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS"
+
+
+def _env(name: str) -> Callable[[], Any]:
+    """A reader of ``os.environ.get(name)``, truthy exactly when it is (the raw value on POSIX)."""
+    data = getattr(os.environ, "_data", None)
+    encodekey = getattr(os.environ, "encodekey", None)
+    if isinstance(data, dict) and callable(encodekey):
+        key = encodekey(name)
+        return lambda: data.get(key)
+    return lambda: os.environ.get(name)  # pragma: no cover - not CPython's os.environ
 
 
 def _version(module: Any) -> str | None:
@@ -103,13 +129,15 @@ def install_wsgi(module: Any) -> Callable[[], None]:
     if getattr(request_original, "__wrapped__", None) is not None:
         return _noop  # already replaced
 
+    capture_request, capture_response = _env(_CAPTURE_REQUEST), _env(_CAPTURE_RESPONSE)
+
     def collect_custom_request_headers_attributes(environ: Any) -> dict[str, list[str]]:
-        if not os.environ.get(_CAPTURE_REQUEST):
+        if not capture_request():
             return {}
         return request_original(environ)  # type: ignore[no-any-return, misc]
 
     def collect_custom_response_headers_attributes(response_headers: Any) -> dict[str, list[str]]:
-        if not os.environ.get(_CAPTURE_RESPONSE):
+        if not capture_response():
             return {}
         return response_original(response_headers)  # type: ignore[no-any-return, misc]
 
@@ -124,3 +152,33 @@ def install_wsgi(module: Any) -> Callable[[], None]:
                 setattr(module, name, original)
 
     return restore
+
+
+def install_sanitize_method(module: Any) -> Callable[[], None]:
+    """Replace `module`'s ``sanitize_method`` (imported from opentelemetry.util.http), if that version is tested."""
+    import opentelemetry.util.http as util_http
+    import opentelemetry.util.http.version  # noqa: F401 - for _version(util_http)
+
+    original = getattr(module, "sanitize_method", None)
+    if _version(util_http) not in TESTED or original is not util_http.sanitize_method:
+        return _noop  # another version, or not upstream's function (already replaced, or someone else's)
+    module.sanitize_method = sanitize_method
+
+    def restore() -> None:
+        if getattr(module, "sanitize_method", None) is sanitize_method:
+            module.sanitize_method = original
+
+    return restore
+
+
+_capture_all_methods = _env(_CAPTURE_ALL_METHODS)
+
+
+def sanitize_method(method: str | None) -> str | None:
+    """``opentelemetry.util.http.sanitize_method``: the method upper-cased, or ``_OTHER`` outside the standard ones."""
+    if method is None:
+        return None
+    method = method.upper()
+    if method in _METHODS or _capture_all_methods():
+        return method
+    return "_OTHER"
