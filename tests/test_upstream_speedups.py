@@ -73,13 +73,13 @@ def test_untested_versions_keep_their_functions() -> None:
 
 
 _names = st.one_of(
-    st.sampled_from([b"host", b"Host", b"HOST", b"user-agent", b"traceparent", b"\xe2\x84\xaaey", b"k\xffey", b"\xc4\xb0d"]),
+    st.sampled_from([b"host", b"Host", b"HOST", b"user-agent", b"traceparent", b"\xe2\x84\xaaey", b"k\xffey", b"\xc4\xb0d", b"a\x00host", b"host\x00", b""]),
     st.binary(max_size=6),
     st.sampled_from(["host", "Host", "K\u212aey"]),
     st.builds(bytearray, st.sampled_from([b"host", b"Host", b"other"])),
 )
 _values = st.one_of(st.binary(max_size=8), st.sampled_from([b"v", b"\\xff\\x", b"caf\xc3\xa9"]))
-_keys = st.sampled_from(["host", "Host", "user-agent", "traceparent", "key", "k\xffey", "i\u0307d", "", "\u212aey"])
+_keys = st.sampled_from(["host", "Host", "user-agent", "traceparent", "key", "k\xffey", "i\u0307d", "", "\u212aey", "a\x00host"])
 
 
 @pytest.mark.parametrize("shielded", [True, False])

@@ -97,24 +97,22 @@ def asgi_getter(module: Any) -> Callable[[Any, dict[str, Any], str], list[str] |
         if not headers:
             return None
         key = key.lower()
+        raw = key.encode("utf-8", "surrogatepass")
         decode: Callable[[Any], str] = module._decode_header_item  # the shield's, when installed
-        if key.isascii():
-            raw = key.encode("ascii")
-            try:
-                # An ASCII bytes name matches exactly when its bytes, lowered, are the key's.
-                # Any other name (non-ASCII: "\u212a" lowers to "k"; a str; a buffer) is
-                # compared as upstream compares it, decoded.
-                decoded = [
-                    decode(value)
-                    for name, value in headers
-                    if name.lower() == raw
-                    or ((type(name) is not bytes or not name.isascii()) and decode(name).lower() == key)
-                ]
-            except (AttributeError, TypeError):  # a name without .lower(): upstream's way, for its outcome
-                decoded = [decode(value) for name, value in headers if decode(name).lower() == key]
-        else:
-            decoded = [decode(value) for name, value in headers if decode(name).lower() == key]
-        return decoded or None
+        found: list[str] | None = None
+        # A plain loop: no list comprehension frame, no list when nothing matches (most calls).
+        for name, value in headers:
+            if name.__class__ is bytes and name.isascii():
+                # An ASCII name decodes to the same letters: lowered as bytes, it is the key's bytes or no match.
+                if name.lower() != raw:
+                    continue
+            elif decode(name).lower() != key:  # any other name as upstream compares it ("\u212a" lowers to "k")
+                continue
+            if found is None:
+                found = [decode(value)]
+            else:
+                found.append(decode(value))
+        return found
 
     return get
 
