@@ -150,3 +150,17 @@ def test_sanitize_method_of_another_util_http_version_is_kept(monkeypatch: pytes
     module.sanitize_method = util_http.sanitize_method  # type: ignore[attr-defined]
     upstream.install_sanitize_method(module)
     assert module.sanitize_method is util_http.sanitize_method  # type: ignore[attr-defined]
+
+
+def test_environment_reader_follows_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_env` reads CPython's own dict behind os.environ: fails if that stops being so."""
+    import os
+
+    assert isinstance(os.environ._data, dict)  # type: ignore[attr-defined]
+    read = upstream._env("OTEL_INTEGRATION_TEST_ENV_READER")
+    monkeypatch.delenv("OTEL_INTEGRATION_TEST_ENV_READER", raising=False)
+    assert not read()
+    monkeypatch.setenv("OTEL_INTEGRATION_TEST_ENV_READER", "")
+    assert not read()
+    monkeypatch.setenv("OTEL_INTEGRATION_TEST_ENV_READER", "x")
+    assert read()

@@ -7,8 +7,9 @@ only the work differs. They matter because they run several times per request
 * ``opentelemetry.instrumentation.asgi.ASGIGetter.get``: the upstream getter
   decodes every header name of the scope (a Python call per name) to find one
   header; the middleware and the propagators ask it for about nine headers
-  per request. `asgi_getter` compares ASCII names as bytes, in C, and decodes
-  (with the module's decoder, so `shield` applies) only what matches.
+  per request. `asgi_getter` compares ASCII names as bytes (no Python call
+  per name) and decodes, with the module's decoder (so `shield` applies), only
+  what matches.
 * ``opentelemetry.instrumentation.wsgi.collect_custom_request_headers_attributes``
   and ``..._response_...``: upstream builds its header sanitizer (two
   environment reads and, with the sanitized fields this distro sets, a regex
@@ -23,7 +24,8 @@ only the work differs. They matter because they run several times per request
 
 An unset variable costs ``os.environ.get`` about 8,500 instructions (a
 KeyError raised and caught in Python), more than the rest of these helpers:
-`_env` reads the environment's own dict instead, the same mapping
+`_env` reads the environment's own dict instead (``os.environ._data``, private
+to CPython's `os`, with ``os.environ.get`` as the fallback), the same mapping
 ``os.environ`` reads and writes (``monkeypatch.setenv`` included).
 
 They are applied only to the upstream versions they were written against
@@ -39,7 +41,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-# The opentelemetry-instrumentation-{asgi,wsgi} versions these replacements mirror.
+# The opentelemetry-instrumentation-{asgi,wsgi} and opentelemetry-util-http versions these replacements mirror.
 TESTED = ("0.66b1",)
 
 _CAPTURE_REQUEST = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"
