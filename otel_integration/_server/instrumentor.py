@@ -24,7 +24,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otel_integration import _auth as auth
 from otel_integration import _shutdown
 from otel_integration import _logs as logs
-from otel_integration._server import asgi, shield, wsgi
+from otel_integration._server import asgi, shield, upstream, wsgi
 from otel_integration._server.correlation import Correlator, deactivate_span_processors
 from otel_integration._settings import ASGI_INTERNAL_SPANS, Settings
 
@@ -55,6 +55,7 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             logs.install(settings)
             core = Correlator(settings)
             self._patch_upstream_asgi(core)
+            self._patch_upstream_helpers(core)
             self._patch_starlette(core)
             self._patch_uvicorn(core)
             self._patch_flask(core)
@@ -97,12 +98,25 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         def patch(module: Any) -> None:
             shield.install_when_loaded()
+            _undone_on_uninstrument(upstream.install_asgi)(module)
             self._exclude_internal_spans(module.OpenTelemetryMiddleware, core.settings)
 
         _when_imported(
             "opentelemetry.instrumentation.asgi", "opentelemetry.instrumentation.asgi", core, patch,
             "otel-integration: could not set up the ASGI instrumentation's defaults",
         )
+
+    def _patch_upstream_helpers(self, core: Correlator) -> None:
+        """The upstream server instrumentations, once imported: per-request helpers replaced
+        with cheaper equivalents (`upstream`; the ASGI getter in `_patch_upstream_asgi`)."""
+        for module_name, install in (
+            ("opentelemetry.instrumentation.asgi", upstream.install_sanitize_method),
+            ("opentelemetry.instrumentation.wsgi", upstream.install_wsgi),
+            ("opentelemetry.instrumentation.wsgi", upstream.install_sanitize_method),
+            ("opentelemetry.instrumentation.flask", upstream.install_sanitize_method),
+            ("opentelemetry.instrumentation.fastapi", upstream.install_sanitize_method),
+        ):
+            _when_imported(module_name, module_name, core, _undone_on_uninstrument(install), f"otel-integration: could not set up {module_name}")
 
     def _exclude_internal_spans(self, middleware: Any, settings: Settings) -> None:
         excluded = [name for name in ASGI_INTERNAL_SPANS if name not in settings.asgi_internal_spans]
@@ -201,6 +215,11 @@ def _when_imported(
             _logger.exception(failure)
 
     wrapt.register_post_import_hook(patch, module)
+
+
+def _undone_on_uninstrument(install: Callable[[Any], Callable[[], None]]) -> Callable[[Any], None]:
+    """`install(module)`, its restore function kept for `_uninstrument`."""
+    return lambda module: ServerInstrumentor._restores.append(install(module))
 
 
 def _request_id_in_uvicorn_access_log(settings: Settings) -> None:
