@@ -141,6 +141,8 @@ class RequestIdPropagator(TextMapPropagator):
             # decoding and validating them, would find nothing else.
             handled = carrier.get(CARRIER_KEY)
             if handled is not None:
+                if get_request_id(context) == handled:
+                    return context  # the middleware's own context (the upstream one extracts into it)
                 return set_request_id(handled, context)
         for name in self.incoming_headers:
             values = getter.get(carrier, name)

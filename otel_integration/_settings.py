@@ -403,8 +403,9 @@ class Settings:
     )
     upstream_speedups: bool = _option(
         "UPSTREAM_SPEEDUPS", True, _bool, "true or false",
-        "Give the upstream instrumentations linear-time versions of their quadratic header handling "
-        "(same results); false: leave them as they are.",
+        "Replace per-request helpers of the upstream instrumentations (httpx header normalisation, "
+        "ASGI header lookup, WSGI header capture, method sanitising) with cheaper ones giving the same "
+        "results; false: leave them as they are.",
     )
     log_correlation: bool = _option(
         "LOG_CORRELATION", True, _bool, "true or false",

@@ -1,8 +1,8 @@
 """The two private-API shortcuts of the client path agree with the public API they replace.
 
 `_client/headers.py` reads and appends the request-ID header in httpx's own
-header list; `tracing.add_clean_attributes` writes attributes into the SDK
-span's dict. Each is checked against the public call it stands for, on the
+header list; `_telemetry.add_clean_attributes` writes attributes into the SDK
+span's dict (the client's attempt spans, the server's SERVER spans). Each is checked against the public call it stands for, on the
 installed httpx and SDK (where the shortcut must be the path taken), and on
 objects where it must step aside.
 """
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
 from otel_integration._client.headers import REPEATED, CorrelationHeader
-from otel_integration._client.tracing import add_clean_attributes
+from otel_integration._telemetry import add_clean_attributes
 
 NAMES = ["X-Request-ID", "x-request-id", "X-REQUEST-ID", "Accept", "X-Other", "X-Request-IDs"]
 header_lists = st.lists(st.tuples(st.sampled_from(NAMES), st.from_regex(r"[A-Za-z0-9._:-]{1,20}", fullmatch=True)), max_size=6)

@@ -164,3 +164,23 @@ def test_environment_reader_follows_os_environ(monkeypatch: pytest.MonkeyPatch) 
     assert not read()
     monkeypatch.setenv("OTEL_INTEGRATION_TEST_ENV_READER", "x")
     assert read()
+
+
+def test_switched_off_the_upstream_server_helpers_are_left_as_they_are() -> None:
+    sanitizing = (upstream_asgi, upstream_wsgi, upstream_flask, upstream_fastapi)
+
+    def current() -> tuple[Any, ...]:
+        return (
+            upstream_asgi.ASGIGetter.__dict__["get"],
+            upstream_wsgi.collect_custom_request_headers_attributes,
+            upstream_wsgi.collect_custom_response_headers_attributes,
+            *(module.sanitize_method for module in sanitizing),
+        )
+
+    before = current()
+    instrumentor = ServerInstrumentor()
+    instrumentor.instrument(settings=Settings(upstream_speedups=False))
+    try:
+        assert current() == before
+    finally:
+        instrumentor.uninstrument()

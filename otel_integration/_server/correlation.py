@@ -44,7 +44,7 @@ from otel_integration._propagation import (
     set_request_id,
 )
 from otel_integration._settings import Settings
-from otel_integration._telemetry import StartOnlySpanProcessor
+from otel_integration._telemetry import StartOnlySpanProcessor, add_clean_attributes
 
 # Set in the ASGI scope / WSGI environ by the instance that handles the request
 # (the propagator reads it there too: `RequestIdPropagator.extract`).
@@ -160,7 +160,7 @@ class RequestIdSpanProcessor(StartOnlySpanProcessor):
         state = current_request.get()
         if state is None:
             return
-        span.set_attribute(state.attribute, (state.request_id,))
+        add_clean_attributes(span, {state.attribute: (state.request_id,)})
         if not state.applied():
             otel_context.attach(state.apply(otel_context.get_current()))
 

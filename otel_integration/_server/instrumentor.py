@@ -98,7 +98,8 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         def patch(module: Any) -> None:
             shield.install_when_loaded()
-            _undone_on_uninstrument(upstream.install_asgi)(module)
+            if core.settings.upstream_speedups:
+                _undone_on_uninstrument(upstream.install_asgi)(module)
             self._exclude_internal_spans(module.OpenTelemetryMiddleware, core.settings)
 
         _when_imported(
@@ -108,7 +109,10 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _patch_upstream_helpers(self, core: Correlator) -> None:
         """The upstream server instrumentations, once imported: per-request helpers replaced
-        with cheaper equivalents (`upstream`; the ASGI getter in `_patch_upstream_asgi`)."""
+        with cheaper equivalents (`upstream`; the ASGI getter in `_patch_upstream_asgi`), unless
+        ``OTEL_INTEGRATION_UPSTREAM_SPEEDUPS=false``."""
+        if not core.settings.upstream_speedups:
+            return
         for module_name, install in (
             ("opentelemetry.instrumentation.asgi", upstream.install_sanitize_method),
             ("opentelemetry.instrumentation.wsgi", upstream.install_wsgi),
