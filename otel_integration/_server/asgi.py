@@ -89,7 +89,7 @@ async def handle(core: Correlator, scope: dict[str, Any], receive: Callable[...,
                 if name.lower() == header_bytes:
                     break  # the app set it: kept, never duplicated
             else:
-                message = {**message, "headers": [*message_headers, echo]}
+                message["headers"] = [*message_headers, echo]  # the message is the app's, made for this send
         await send(message)
 
     token = otel_context.attach(ctx)

@@ -33,7 +33,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Span
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import INVALID_SPAN, SpanKind
 
 from otel_integration import _auth as auth
 from otel_integration._propagation import (
@@ -103,7 +103,7 @@ class Correlator:
         # SERVER span already exists, with whatever raw header it captured: the
         # validated value replaces it now.
         current = trace.get_current_span(outer)
-        if current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
+        if current is not INVALID_SPAN and current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
             current.set_attribute(self.attribute, (request_id,))
         return ctx, state
 

@@ -94,21 +94,29 @@ def install_asgi(module: Any) -> Callable[[], None]:
 def asgi_getter(module: Any) -> Callable[[Any, dict[str, Any], str], list[str] | None]:
     """``ASGIGetter.get`` of `module`: the decoded values of header `key`, or None."""
 
+    # The lowered key's bytes, per key: a handful of constant names (traceparent, baggage, user-agent, ...).
+    raw_keys: dict[str, bytes] = {}
+
     def get(self: Any, carrier: dict[str, Any], key: str) -> list[str] | None:
         headers = carrier.get("headers")
         if not headers:
             return None
-        key = key.lower()
-        raw = key.encode("utf-8", "surrogatepass")
+        raw = raw_keys.get(key)
+        if raw is None:
+            raw = key.lower().encode("utf-8", "surrogatepass")
+            if len(raw_keys) < 256:
+                raw_keys[key] = raw
         decode: Callable[[Any], str] = module._decode_header_item  # the shield's, when installed
         found: list[str] | None = None
         # A plain loop: no list comprehension frame, no list when nothing matches (most calls).
+        size = len(raw)
         for name, value in headers:
             if name.__class__ is bytes and name.isascii():
-                # An ASCII name decodes to the same letters: lowered as bytes, it is the key's bytes or no match.
-                if name.lower() != raw:
+                # An ASCII name decodes to the same letters: lowered as bytes, it is the key's bytes or no
+                # match (and one of another length cannot be: most names are ruled out without lowering).
+                if len(name) != size or name.lower() != raw:
                     continue
-            elif decode(name).lower() != key:  # any other name as upstream compares it ("\u212a" lowers to "k")
+            elif decode(name).lower() != key.lower():  # any other name as upstream compares it ("\u212a" lowers to "k")
                 continue
             if found is None:
                 found = [decode(value)]
