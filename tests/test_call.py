@@ -501,40 +501,25 @@ def _fail_and_drop(t: Twin, request: httpx.Request) -> tuple[weakref.ref[BaseExc
     return asyncio.run(main())
 
 
-def test_the_final_error_of_a_retried_call_is_in_no_reference_cycle(twin):
+@pytest.mark.parametrize("attempts", [3, 1], ids=["retried", "unretried (the control: no retry loop)"])
+def test_the_final_error_of_a_call_is_in_no_reference_cycle(twin, attempts):
     """Refcounting alone frees the final error and the request (its body, its Authorization header).
 
-    Two cycles did keep them until the garbage collector ran: the last error raised inside
-    stamina's loop (tenacity's retry state keeps it, its traceback keeps that state), and
-    stamina's retry context, itself a cycle, holding Call.backoff.
+    Two cycles did keep them until the garbage collector ran, for retried calls: the last
+    error raised inside stamina's loop (tenacity's retry state keeps it, its traceback keeps
+    that state), and stamina's retry context, itself a cycle, holding Call.backoff.
     """
-    t = twin(retry_attempts=3, breaker_threshold=1000)
+    t = twin(retry_attempts=attempts, breaker_threshold=1000)
     request = httpx.Request("GET", f"http://127.0.0.1:{closed_port()}/", headers={"Authorization": "Bearer secret"})
     request_alive = weakref.ref(request)
     gc.collect()
     gc.disable()
     try:
-        error_alive, attempts = _fail_and_drop(t, request)
+        error_alive, made = _fail_and_drop(t, request)
         del request
-        assert attempts == 3  # a retried call: its last attempt failed inside the retry loop
+        assert made == attempts  # retried: its last attempt failed inside the retry loop
         assert error_alive() is None, "the final error is part of a reference cycle"
         assert request_alive() is None, "the request is kept by a reference cycle"
-    finally:
-        gc.enable()
-
-
-def test_the_final_error_of_an_unretried_call_is_in_no_reference_cycle(twin):
-    """The control: one attempt, no retry loop, nothing but refcounting needed."""
-    t = twin(retry_attempts=1, breaker_threshold=1000)
-    request = httpx.Request("GET", f"http://127.0.0.1:{closed_port()}/", headers={"Authorization": "Bearer secret"})
-    request_alive = weakref.ref(request)
-    gc.collect()
-    gc.disable()
-    try:
-        error_alive, attempts = _fail_and_drop(t, request)
-        del request
-        assert attempts == 1
-        assert error_alive() is None and request_alive() is None
     finally:
         gc.enable()
 

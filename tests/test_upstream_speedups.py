@@ -18,30 +18,31 @@ from otel_integration._server.instrumentor import ServerInstrumentor
 from otel_integration._settings import Settings
 
 _ORIGINAL_GET = upstream_asgi.ASGIGetter.__dict__["get"]
+SANITIZING = (upstream_asgi, upstream_wsgi, upstream_flask, upstream_fastapi)
+
+
+def current() -> tuple[Any, ...]:
+    """The upstream helpers `_server/upstream.py` may replace, as the modules hold them now."""
+    return (
+        upstream_asgi.ASGIGetter.__dict__["get"],
+        upstream_wsgi.collect_custom_request_headers_attributes,
+        upstream_wsgi.collect_custom_response_headers_attributes,
+        *(module.sanitize_method for module in SANITIZING),
+    )
 
 
 def test_upstream_speedups_apply() -> None:
     """Fails when the pinned upstream versions move past `upstream.TESTED`: check the
     replacements still mirror upstream, then add the version."""
-    sanitizing = (upstream_asgi, upstream_wsgi, upstream_flask, upstream_fastapi)
-
-    def current() -> tuple[Any, ...]:
-        return (
-            upstream_asgi.ASGIGetter.__dict__["get"],
-            upstream_wsgi.collect_custom_request_headers_attributes,
-            upstream_wsgi.collect_custom_response_headers_attributes,
-            *(module.sanitize_method for module in sanitizing),
-        )
-
     originals = current()
-    assert all(module.sanitize_method is util_http.sanitize_method for module in sanitizing)
+    assert all(module.sanitize_method is util_http.sanitize_method for module in SANITIZING)
     instrumentor = ServerInstrumentor()
     instrumentor.instrument(settings=Settings())
     try:
         assert upstream_asgi.ASGIGetter.__dict__["get"].__wrapped__ is originals[0]
         assert upstream_wsgi.collect_custom_request_headers_attributes.__wrapped__ is originals[1]
         assert upstream_wsgi.collect_custom_response_headers_attributes.__wrapped__ is originals[2]
-        assert all(module.sanitize_method is upstream.sanitize_method for module in sanitizing)
+        assert all(module.sanitize_method is upstream.sanitize_method for module in SANITIZING)
     finally:
         instrumentor.uninstrument()
     assert current() == originals
@@ -167,16 +168,6 @@ def test_environment_reader_follows_os_environ(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_switched_off_the_upstream_server_helpers_are_left_as_they_are() -> None:
-    sanitizing = (upstream_asgi, upstream_wsgi, upstream_flask, upstream_fastapi)
-
-    def current() -> tuple[Any, ...]:
-        return (
-            upstream_asgi.ASGIGetter.__dict__["get"],
-            upstream_wsgi.collect_custom_request_headers_attributes,
-            upstream_wsgi.collect_custom_response_headers_attributes,
-            *(module.sanitize_method for module in sanitizing),
-        )
-
     before = current()
     instrumentor = ServerInstrumentor()
     instrumentor.instrument(settings=Settings(upstream_speedups=False))
