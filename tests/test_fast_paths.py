@@ -120,6 +120,7 @@ import opentelemetry.instrumentation.httpx as upstream_httpx  # noqa: E402
 from opentelemetry.instrumentation.httpx.version import __version__ as upstream_version  # noqa: E402
 
 from otel_integration._client import upstream_speedups  # noqa: E402
+from otel_integration._upstream_patch import TESTED  # noqa: E402
 
 upstream_normalize = upstream_httpx._normalize_headers  # the module's own, before any instrumentor ran
 ascii_values = st.from_regex(r"[ -~]{0,12}", fullmatch=True)  # printable ASCII: commas and spaces included

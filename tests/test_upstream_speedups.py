@@ -32,7 +32,7 @@ def current() -> tuple[Any, ...]:
 
 
 def test_upstream_speedups_apply() -> None:
-    """Fails when the pinned upstream versions move past `upstream.TESTED`: check the
+    """Fails when the pinned upstream versions move past `_upstream_patch.TESTED`: check the
     replacements still mirror upstream, then add the version."""
     originals = current()
     assert all(module.sanitize_method is util_http.sanitize_method for module in SANITIZING)

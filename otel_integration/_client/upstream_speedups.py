@@ -12,7 +12,7 @@ request headers of a plain GET, a tenth of what the instrumented call costs.
 giving the same dict (same keys in the same order, same values), for ASCII
 headers; anything else (non-ASCII headers, other carrier types, a list that is
 not httpx's as we know it) goes to the upstream function. Only the upstream
-versions listed here are patched: their function is the one
+versions in `_upstream_patch.TESTED` are patched: their function is the one
 `tests/test_fast_paths.py` compares against.
 """
 
@@ -22,13 +22,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from otel_integration._upstream_patch import TESTED, replace
+
 _logger = logging.getLogger(__name__)
 
-# The upstream versions whose `_normalize_headers` ours reproduces.
-KNOWN_VERSIONS = ("0.66b1",)
-
 Normalize = Callable[[Any, Any], "dict[str, list[str]]"]
-_original: Normalize | None = None
+_restore: Callable[[], None] | None = None
 
 
 def fast_normalize(original: Normalize) -> Normalize:
@@ -46,34 +45,29 @@ def fast_normalize(original: Normalize) -> Normalize:
             return normalized
         return original(headers, module)
 
-    normalize_headers.__wrapped__ = original  # type: ignore[attr-defined]
     return normalize_headers
 
 
 def install() -> bool:
-    """Patch the upstream module if it is a known version; True if patched (or already)."""
-    global _original
+    """Patch the upstream module if it is a tested version; True if patched (or already)."""
+    global _restore
     try:
         from opentelemetry.instrumentation import httpx as upstream
         from opentelemetry.instrumentation.httpx.version import __version__
     except ImportError:
         return False
-    if _original is not None:
+    if _restore is not None:
         return True
     original = getattr(upstream, "_normalize_headers", None)
-    if __version__ not in KNOWN_VERSIONS or not callable(original):
+    if __version__ not in TESTED or not callable(original):
         _logger.debug("otel-integration: opentelemetry-instrumentation-httpx %s is left as it is", __version__)
         return False
-    _original = original
-    setattr(upstream, "_normalize_headers", fast_normalize(original))  # a module global, looked up per call
+    _restore = replace(upstream, "_normalize_headers", fast_normalize(original))  # a module global, looked up per call
     return True
 
 
 def uninstall() -> None:
-    global _original
-    if _original is None:
-        return
-    from opentelemetry.instrumentation import httpx as upstream
-
-    setattr(upstream, "_normalize_headers", _original)
-    _original = None
+    global _restore
+    if _restore is not None:
+        _restore()
+        _restore = None

@@ -29,7 +29,7 @@ to CPython's `os`, with ``os.environ.get`` as the fallback), the same mapping
 ``os.environ`` reads and writes (``monkeypatch.setenv`` included).
 
 They are applied only to the upstream versions they were written against
-(`TESTED`, of the instrumentation, or of opentelemetry-util-http for
+(`_upstream_patch.TESTED`, of the instrumentation, or of opentelemetry-util-http for
 `sanitize_method`): another version keeps its own functions (the test suite fails
 then, in ``test_upstream_speedups_apply``, so the list is revisited with the
 pin). Each ``install_*`` returns a function restoring upstream.
@@ -41,8 +41,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-# The opentelemetry-instrumentation-{asgi,wsgi} and opentelemetry-util-http versions these replacements mirror.
-TESTED = ("0.66b1",)
+from otel_integration._upstream_patch import TESTED, replace
+
 
 _CAPTURE_REQUEST = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"
 _CAPTURE_RESPONSE = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"
@@ -80,15 +80,7 @@ def install_asgi(module: Any) -> Callable[[], None]:
     original = getter.__dict__["get"]
     if getattr(original, "__module__", None) == __name__:
         return _noop  # already replaced
-    replacement = asgi_getter(module)
-    replacement.__wrapped__ = original  # type: ignore[attr-defined]
-    getter.get = replacement
-
-    def restore() -> None:
-        if getter.__dict__.get("get") is replacement:
-            getter.get = original
-
-    return restore
+    return replace(getter, "get", asgi_getter(module))
 
 
 def asgi_getter(module: Any) -> Callable[[Any, dict[str, Any], str], list[str] | None]:
@@ -149,15 +141,14 @@ def install_wsgi(module: Any) -> Callable[[], None]:
             return {}
         return response_original(response_headers)  # type: ignore[no-any-return, misc]
 
-    replacements = (collect_custom_request_headers_attributes, collect_custom_response_headers_attributes)
-    for name, original, replacement in zip(names, originals, replacements):
-        replacement.__wrapped__ = original  # type: ignore[attr-defined]
-        setattr(module, name, replacement)
+    restores = [
+        replace(module, names[0], collect_custom_request_headers_attributes),
+        replace(module, names[1], collect_custom_response_headers_attributes),
+    ]
 
     def restore() -> None:
-        for name, original, replacement in zip(names, originals, replacements):
-            if getattr(module, name, None) is replacement:
-                setattr(module, name, original)
+        for each in restores:
+            each()
 
     return restore
 
@@ -170,13 +161,7 @@ def install_sanitize_method(module: Any) -> Callable[[], None]:
     original = getattr(module, "sanitize_method", None)
     if _version(util_http) not in TESTED or original is not util_http.sanitize_method:
         return _noop  # another version, or not upstream's function (already replaced, or someone else's)
-    module.sanitize_method = sanitize_method
-
-    def restore() -> None:
-        if getattr(module, "sanitize_method", None) is sanitize_method:
-            module.sanitize_method = original
-
-    return restore
+    return replace(module, "sanitize_method", sanitize_method)
 
 
 _capture_all_methods = _env(_CAPTURE_ALL_METHODS)
