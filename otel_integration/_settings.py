@@ -404,7 +404,8 @@ class Settings:
     upstream_speedups: bool = _option(
         "UPSTREAM_SPEEDUPS", True, _bool, "true or false",
         "Replace per-request helpers of the upstream instrumentations (httpx header normalisation, "
-        "ASGI header lookup, WSGI header capture, method sanitising) with cheaper ones giving the same "
+        "ASGI header lookup, WSGI header capture, method sanitising, the SERVER span's start attributes "
+        "validated twice) with cheaper ones giving the same "
         "results; false: leave them as they are.",
     )
     log_correlation: bool = _option(

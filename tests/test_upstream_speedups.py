@@ -11,14 +11,19 @@ from hypothesis import strategies as st
 import opentelemetry.instrumentation.asgi as upstream_asgi
 import opentelemetry.instrumentation.fastapi as upstream_fastapi
 import opentelemetry.instrumentation.flask as upstream_flask
+import opentelemetry.instrumentation.utils as upstream_utils
 import opentelemetry.instrumentation.wsgi as upstream_wsgi
 import opentelemetry.util.http as util_http
 from otel_integration._server import shield, upstream
+from otel_integration._server.correlation import ensure_span_processor
 from otel_integration._server.instrumentor import ServerInstrumentor
 from otel_integration._settings import Settings
 
 _ORIGINAL_GET = upstream_asgi.ASGIGetter.__dict__["get"]
 SANITIZING = (upstream_asgi, upstream_wsgi, upstream_flask, upstream_fastapi)
+
+
+STARTING = (upstream_asgi, upstream_flask)  # the instrumentations that set the start attributes again
 
 
 def current() -> tuple[Any, ...]:
@@ -28,6 +33,7 @@ def current() -> tuple[Any, ...]:
         upstream_wsgi.collect_custom_request_headers_attributes,
         upstream_wsgi.collect_custom_response_headers_attributes,
         *(module.sanitize_method for module in SANITIZING),
+        *(module._start_internal_or_server_span for module in STARTING),
     )
 
 
@@ -36,6 +42,7 @@ def test_upstream_speedups_apply() -> None:
     replacements still mirror upstream, then add the version."""
     originals = current()
     assert all(module.sanitize_method is util_http.sanitize_method for module in SANITIZING)
+    assert all(module._start_internal_or_server_span is upstream_utils._start_internal_or_server_span for module in STARTING)
     instrumentor = ServerInstrumentor()
     instrumentor.instrument(settings=Settings())
     try:
@@ -43,6 +50,10 @@ def test_upstream_speedups_apply() -> None:
         assert upstream_wsgi.collect_custom_request_headers_attributes.__wrapped__ is originals[1]
         assert upstream_wsgi.collect_custom_response_headers_attributes.__wrapped__ is originals[2]
         assert all(module.sanitize_method is upstream.sanitize_method for module in SANITIZING)
+        assert all(
+            module._start_internal_or_server_span.__wrapped__ is upstream_utils._start_internal_or_server_span
+            for module in STARTING
+        )
     finally:
         instrumentor.uninstrument()
     assert current() == originals
@@ -70,6 +81,7 @@ def test_untested_versions_keep_their_functions() -> None:
     before = (module.ASGIGetter.__dict__["get"], module.collect_custom_request_headers_attributes)
     upstream.install_asgi(module)()
     upstream.install_wsgi(module)()
+    upstream.install_start_span(module)()
     assert (module.ASGIGetter.__dict__["get"], module.collect_custom_request_headers_attributes) == before
 
 
@@ -175,3 +187,132 @@ def test_switched_off_the_upstream_server_helpers_are_left_as_they_are() -> None
         assert current() == before
     finally:
         instrumentor.uninstrument()
+
+
+# --- the start attributes, set again by the asgi and flask middlewares ------------------------
+
+
+def _tracer(**limits: Any) -> Any:
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+
+    return TracerProvider(span_limits=SpanLimits(**limits)).get_tracer("t")
+
+
+_pool = st.sampled_from(["a", "bb", "x" * 9, 0, 7, 2.5, True, False, ["l", "m"], ("t",), [1, 2], None, {"no": 1}, b"raw"])
+_ops = st.lists(st.tuples(st.sampled_from(["k1", "k2", "k3", "k4", "", 5, ("k1",)]), _pool), max_size=12)
+
+
+@given(start=st.dictionaries(st.sampled_from(["k1", "k2", "k3"]), _pool, max_size=3), ops=_ops, end_at=st.integers(0, 12))
+def test_setting_attributes_again_ends_as_the_sdk_ends(start: dict[str, Any], ops: list[tuple[str, Any]], end_at: int) -> None:
+    """Whatever is set, again or anew, valid or not, before or after the span ends: the same attributes
+    and the same dropped count as the SDK's own `set_attribute` (the same value objects are shared)."""
+    import types
+
+    for limits in ({}, {"max_attribute_length": 3, "max_span_attributes": 3}):
+        tracer = _tracer(**limits)
+        theirs, ours = tracer.start_span("s", attributes=dict(start)), tracer.start_span("s", attributes=dict(start))
+        ours.set_attribute = types.MethodType(upstream.set_attribute_unless_held, ours)
+        for span in (theirs, ours):
+            for key, value in start.items():  # what the middlewares do first
+                span.set_attribute(key, value)
+            for i, (key, value) in enumerate(ops):
+                if i == end_at:
+                    span.end()
+                span.set_attribute(key, value)
+        assert dict(ours.attributes) == dict(theirs.attributes)
+        assert ours.dropped_attributes == theirs.dropped_attributes
+
+
+def test_a_held_value_is_not_validated_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import opentelemetry.attributes as attributes
+
+    span = _tracer().start_span("s", attributes={"url.path": "/x", "http.response.status_code": 200})
+    span.set_attribute = types.MethodType(upstream.set_attribute_unless_held, span)
+    cleaned: list[Any] = []
+    original = attributes._clean_attribute_value
+    monkeypatch.setattr(attributes, "_clean_attribute_value", lambda value, *a: cleaned.append(value) or original(value, *a))
+    span.set_attribute("url.path", span.attributes["url.path"])
+    assert cleaned == []
+    span.set_attribute("url.path", "/y")  # another value: the SDK's path
+    assert cleaned == ["/y"] and span.attributes["url.path"] == "/y"
+
+
+def test_setting_a_held_value_on_an_ended_span_still_warns(caplog: pytest.LogCaptureFixture) -> None:
+    import types
+
+    span = _tracer().start_span("s", attributes={"k": "v"})
+    span.set_attribute = types.MethodType(upstream.set_attribute_unless_held, span)
+    span.end()
+    span.set_attribute("k", span.attributes["k"])
+    assert "Setting attribute on ended span." in caplog.text
+
+
+def _server_span_attributes(framework: str, speedups: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], int]:
+    """The SERVER span of one request through the framework's upstream instrumentation, with our
+    server instrumentor on; and how many attribute values the SDK validated on the way."""
+    import opentelemetry.attributes as attributes
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tests.test_server import run_asgi, run_wsgi
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    ensure_span_processor(provider)  # the launcher adds it to the global provider
+    cleaned = [0]
+    original = attributes._clean_attribute_value
+
+    def counting(*args: Any) -> Any:
+        cleaned[0] += 1
+        return original(*args)
+
+    instrumentor = ServerInstrumentor()
+    instrumentor.instrument(settings=Settings(upstream_speedups=speedups))
+    try:
+        if framework == "fastapi":
+            from fastapi import FastAPI
+
+            app = FastAPI()
+            app.get("/items/{item}")(lambda item: {"item": item})
+            upstream_fastapi.FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+            monkeypatch.setattr(attributes, "_clean_attribute_value", counting)
+            status = run_asgi(app, "/items/7", headers=[("User-Agent", "t/1"), ("X-Request-ID", "speed-1")])[0]
+        else:
+            import flask
+
+            app = flask.Flask("t")
+            app.get("/items/<item>")(lambda item: {"item": item})
+            upstream_flask.FlaskInstrumentor.instrument_app(app, tracer_provider=provider)
+            monkeypatch.setattr(attributes, "_clean_attribute_value", counting)
+            status = run_wsgi(app, "/items/7", headers={"User-Agent": "t/1", "X-Request-ID": "speed-1"})[0]
+        monkeypatch.setattr(attributes, "_clean_attribute_value", original)
+    finally:
+        instrumentor.uninstrument()
+    assert status == 200
+    (server,) = [span for span in exporter.get_finished_spans() if span.kind.name == "SERVER"]
+    return dict(server.attributes or {}), cleaned[0]
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_server_spans_hold_the_same_attributes_either_way(framework: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each start attribute is validated once with the speedups on, twice off; the span ends the same."""
+    skipped: list[str] = []
+    unless_held = upstream.set_attribute_unless_held
+
+    def watched(span: Any, key: str, value: Any) -> None:
+        if span._attributes._dict.get(key) is value:
+            skipped.append(key)
+        unless_held(span, key, value)
+
+    monkeypatch.setattr(upstream, "set_attribute_unless_held", watched)
+    fast, fast_cleaned = _server_span_attributes(framework, True, monkeypatch)
+    slow, slow_cleaned = _server_span_attributes(framework, False, monkeypatch)
+    assert fast == slow and fast["http.request.header.x-request-id"] == ("speed-1",)
+    # Every start attribute set again (method, scheme, port, user agent, route, ...) was skipped, and that
+    # is the only validation saved.
+    assert {"http.request.method", "url.scheme", "http.route"} <= set(skipped)
+    assert slow_cleaned - fast_cleaned == len(skipped)

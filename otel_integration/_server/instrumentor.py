@@ -115,9 +115,11 @@ class ServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         for module_name, install in (
             ("opentelemetry.instrumentation.asgi", upstream.install_sanitize_method),
+            ("opentelemetry.instrumentation.asgi", upstream.install_start_span),
             ("opentelemetry.instrumentation.wsgi", upstream.install_wsgi),
             ("opentelemetry.instrumentation.wsgi", upstream.install_sanitize_method),
             ("opentelemetry.instrumentation.flask", upstream.install_sanitize_method),
+            ("opentelemetry.instrumentation.flask", upstream.install_start_span),
             ("opentelemetry.instrumentation.fastapi", upstream.install_sanitize_method),
         ):
             _when_imported(module_name, module_name, core, _undone_on_uninstrument(install), f"otel-integration: could not set up {module_name}")

@@ -22,6 +22,15 @@ only the work differs. They matter because they run several times per request
   at the method; `sanitize_method` reads it only for a method outside the
   standard list, where the answer depends on it.
 
+* ``_start_internal_or_server_span``, as bound in the asgi and flask
+  instrumentations: both start the SERVER span *with* the request's
+  attributes, then set every one of them again through ``span.set_attribute``
+  (eleven on an ASGI request), which validates each value a second time:
+  about 90,000 instructions per request. The span it returns gets an
+  instance-level `set_attribute_unless_held`: for a value the span already
+  holds (the very object), it does what the SDK would do without validating
+  it again; for any other, it is the SDK's ``set_attribute``.
+
 An unset variable costs ``os.environ.get`` about 8,500 instructions (a
 KeyError raised and caught in Python), more than the rest of these helpers:
 `_env` reads the environment's own dict instead (``os.environ._data``, private
@@ -38,8 +47,12 @@ pin). Each ``install_*`` returns a function restoring upstream.
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Callable
 from typing import Any
+
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Span
 
 from otel_integration._upstream_patch import TESTED, replace
 
@@ -64,8 +77,11 @@ def _env(name: str) -> Callable[[], Any]:
 
 
 def _version(module: Any) -> str | None:
-    version = getattr(getattr(module, "version", None), "__version__", None)
-    return version if isinstance(version, str) else None
+    # The instrumentations import their ``__version__``; the flask one then rebinds ``version`` to a function.
+    for version in (getattr(module, "__version__", None), getattr(getattr(module, "version", None), "__version__", None)):
+        if isinstance(version, str):
+            return version
+    return None
 
 
 def _noop() -> None:
@@ -175,3 +191,44 @@ def sanitize_method(method: str | None) -> str | None:
     if method in _METHODS or _capture_all_methods():
         return method
     return "_OTHER"
+
+
+def install_start_span(module: Any) -> Callable[[], None]:
+    """Wrap `module`'s ``_start_internal_or_server_span`` (asgi, flask), if its version is tested."""
+    from opentelemetry.instrumentation import utils
+
+    original = getattr(module, "_start_internal_or_server_span", None)
+    if _version(module) not in TESTED or original is not utils._start_internal_or_server_span:
+        return _noop  # another version, or not upstream's function (already replaced, or someone else's)
+
+    def _start_internal_or_server_span(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        span, token = original(*args, **kwargs)
+        if span.__class__.set_attribute is Span.set_attribute:  # the SDK's span, its own method
+            span.set_attribute = types.MethodType(set_attribute_unless_held, span)
+        return span, token
+
+    return replace(module, "_start_internal_or_server_span", _start_internal_or_server_span)
+
+
+_ABSENT = object()
+
+
+def set_attribute_unless_held(span: Any, key: str, value: Any) -> None:
+    """``Span.set_attribute``, without validating again the very value the span holds.
+
+    For such a value the SDK would validate it, then store the same object
+    again: delete the key and insert it last (which decides what a full
+    attribute dict evicts first). That last part is done here, under the
+    span's lock, which every SDK write of a span's attributes holds. A value that was truncated, converted (lists to tuples) or dropped
+    at the start is not the same object, so it takes the SDK's path, as does
+    any call on an ended span.
+    """
+    store = span._attributes
+    if key.__class__ is str and store.__class__ is BoundedAttributes:  # else: the SDK's path, with its warnings
+        with span._lock:
+            held = store._dict
+            if span._end_time is None and not store._immutable and held.get(key, _ABSENT) is value:
+                del held[key]
+                held[key] = value
+                return
+    Span.set_attribute(span, key, value)
