@@ -197,8 +197,8 @@ def install_start_span(module: Any) -> Callable[[], None]:
     """Wrap `module`'s ``_start_internal_or_server_span`` (asgi, flask), if its version is tested."""
     from opentelemetry.instrumentation import utils
 
-    original = getattr(module, "_start_internal_or_server_span", None)
-    if _version(module) not in TESTED or original is not utils._start_internal_or_server_span:
+    original: Callable[..., tuple[Any, Any]] | None = getattr(module, "_start_internal_or_server_span", None)
+    if _version(module) not in TESTED or original is None or original is not utils._start_internal_or_server_span:
         return _noop  # another version, or not upstream's function (already replaced, or someone else's)
 
     def _start_internal_or_server_span(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
@@ -219,14 +219,15 @@ def set_attribute_unless_held(span: Any, key: str, value: Any) -> None:
     For such a value the SDK would validate it, then store the same object
     again: delete the key and insert it last (which decides what a full
     attribute dict evicts first). That last part is done here, under the
-    span's lock, which every SDK write of a span's attributes holds. A value that was truncated, converted (lists to tuples) or dropped
-    at the start is not the same object, so it takes the SDK's path, as does
-    any call on an ended span.
+    span's lock, which every SDK write of a span's attributes holds. A value
+    that was truncated, converted (lists to tuples) or dropped at the start is
+    not the same object, so it takes the SDK's path, as does any call on an
+    ended span.
     """
     store = span._attributes
     if key.__class__ is str and store.__class__ is BoundedAttributes:  # else: the SDK's path, with its warnings
         with span._lock:
-            held = store._dict
+            held: dict[str, Any] = store._dict
             if span._end_time is None and not store._immutable and held.get(key, _ABSENT) is value:
                 del held[key]
                 held[key] = value
