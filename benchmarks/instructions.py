@@ -1,6 +1,6 @@
 """Per-call and per-incoming-request cost in CPU instructions: deterministic, unlike wall time.
 
-    python benchmarks/instructions.py                 # everything, ~30 min on 2 cores (needs valgrind)
+    python benchmarks/instructions.py                 # everything, ~40 min on 2 cores (needs valgrind)
     python benchmarks/instructions.py --only client   # some tables only (nothing written to the docs)
 
 Every configuration runs one program of `loops.py` (a scenario: a client
@@ -224,7 +224,7 @@ def render(result: dict[str, Any]) -> str:
     sizes = "/".join(f"{s:,}" for s in m["sizes"])
     low, mid, high = m["sizes"]
     layout = "address randomisation off" if m.get("fixed_layout") else "address randomisation ON (no setarch)"
-    out = [report.meta_line(m), f"Units per run: {sizes}; exporters off; GC off in the counted loop; {layout}.", ""]
+    out = [report.meta_line(m), f"Units per run: {sizes}; exporters off; start-up heap frozen out of the garbage collector (gc.freeze), which runs; {layout}.", ""]
     if result["refused"]:
         out += [
             f"Refused (the two slopes more than {linearity.TOLERANCE:.1%} apart, see Linearity): "
@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if "rejected" in only and "client" not in only:
         configs += [c for c in CONFIGS if c.key == "client/ours"]  # its ratio's denominator
     started = time.monotonic()
+    measured = report.meta(callgrind.version())  # the tree as the venvs get it, not as it is at the end
 
     for name in sorted({c.venv for c in configs}):
         venv = venvs.ensure(name)
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {
         "meta": {
-            **report.meta(callgrind.version()), "sizes": list(sizes), "seconds": round(time.monotonic() - started),
+            **measured, "sizes": list(sizes), "seconds": round(time.monotonic() - started),
             "fixed_layout": callgrind.fixed_layout(),
         },
         **summarize(fits),

@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
     started = time.monotonic()
+    measured = report.meta(callgrind.version())  # the tree as the venvs get it, not as it is at the end
     for profile in PROFILES:
         for name in venvs.pair(profile):
             venvs.warm(venvs.ensure(name))
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         imp = imports(port, args.import_runs)
     repeats = [abs(a - b) / max(a, b) for p in ins.values() for v in p.values() if "repeat" in v for a, b in [v["repeat"]]]
     result = {
-        "meta": {**report.meta(callgrind.version()), "rounds": args.rounds, "import_runs": args.import_runs, "seconds": round(time.monotonic() - started)},
+        "meta": {**measured, "rounds": args.rounds, "import_runs": args.import_runs, "seconds": round(time.monotonic() - started)},
         "instructions": ins,
         "max_repeat_disagreement": max(repeats),
         "wall": w,

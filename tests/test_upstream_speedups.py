@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import gc
+import weakref
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import opentelemetry.instrumentation.asgi as upstream_asgi
@@ -18,6 +21,7 @@ from otel_integration._server import shield, upstream
 from otel_integration._server.correlation import ensure_span_processor
 from otel_integration._server.instrumentor import ServerInstrumentor
 from otel_integration._settings import Settings
+from otel_integration._telemetry import StartOnlySpanProcessor
 
 _ORIGINAL_GET = upstream_asgi.ASGIGetter.__dict__["get"]
 SANITIZING = (upstream_asgi, upstream_wsgi, upstream_flask, upstream_fastapi)
@@ -192,16 +196,20 @@ def test_switched_off_the_upstream_server_helpers_are_left_as_they_are() -> None
 # --- the start attributes, set again by the asgi and flask middlewares ------------------------
 
 
-def _tracer(**limits: Any) -> Any:
+@functools.cache
+def _tracer(max_attribute_length: int | None = None, max_span_attributes: int | None = None) -> Any:
+    """One provider per set of limits: a provider registers its own shutdown at exit."""
     from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
-    return TracerProvider(span_limits=SpanLimits(**limits)).get_tracer("t")
+    limits = SpanLimits(max_attribute_length=max_attribute_length, max_span_attributes=max_span_attributes)
+    return TracerProvider(span_limits=limits, shutdown_on_exit=False).get_tracer("t")
 
 
 _pool = st.sampled_from(["a", "bb", "x" * 9, 0, 7, 2.5, True, False, ["l", "m"], ("t",), [1, 2], None, {"no": 1}, b"raw"])
 _ops = st.lists(st.tuples(st.sampled_from(["k1", "k2", "k3", "k4", "", 5, ("k1",)]), _pool), max_size=12)
 
 
+@settings(deadline=None)  # a span per example, on a busy machine
 @given(start=st.dictionaries(st.sampled_from(["k1", "k2", "k3"]), _pool, max_size=3), ops=_ops, end_at=st.integers(0, 12))
 def test_setting_attributes_again_ends_as_the_sdk_ends(start: dict[str, Any], ops: list[tuple[str, Any]], end_at: int) -> None:
     """Whatever is set, again or anew, valid or not, before or after the span ends: the same attributes
@@ -249,9 +257,12 @@ def test_setting_a_held_value_on_an_ended_span_still_warns(caplog: pytest.LogCap
     assert "Setting attribute on ended span." in caplog.text
 
 
-def _server_span_attributes(framework: str, speedups: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], int]:
+def _server_span_attributes(
+    framework: str, speedups: bool, monkeypatch: pytest.MonkeyPatch, started: list[Any] | None = None
+) -> tuple[dict[str, Any], int]:
     """The SERVER span of one request through the framework's upstream instrumentation, with our
-    server instrumentor on; and how many attribute values the SDK validated on the way."""
+    server instrumentor on; and how many attribute values the SDK validated on the way. `started`
+    gets a weak reference to every span as it starts."""
     import opentelemetry.attributes as attributes
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -263,6 +274,10 @@ def _server_span_attributes(framework: str, speedups: bool, monkeypatch: pytest.
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     ensure_span_processor(provider)  # the launcher adds it to the global provider
+    if started is not None:
+        recorder = StartOnlySpanProcessor()
+        recorder.on_start = lambda span, parent_context=None: started.append(weakref.ref(span))  # type: ignore[method-assign]
+        provider.add_span_processor(recorder)
     cleaned = [0]
     original = attributes._clean_attribute_value
 
@@ -316,3 +331,17 @@ def test_server_spans_hold_the_same_attributes_either_way(framework: str, monkey
     # is the only validation saved.
     assert {"http.request.method", "url.scheme", "http.route"} <= set(skipped)
     assert slow_cleaned - fast_cleaned == len(skipped)
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_the_server_span_is_in_no_reference_cycle(framework: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the collector off, reference counting alone frees the SERVER span once it is exported
+    (its instance-level set_attribute holds it weakly)."""
+    started: list[Any] = []
+    gc.collect()
+    gc.disable()
+    try:
+        _server_span_attributes(framework, True, monkeypatch, started)
+        assert started and all(ref() is None for ref in started)
+    finally:
+        gc.enable()

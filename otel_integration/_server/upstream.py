@@ -46,8 +46,9 @@ pin). Each ``install_*`` returns a function restoring upstream.
 
 from __future__ import annotations
 
+import functools
 import os
-import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -204,13 +205,19 @@ def install_start_span(module: Any) -> Callable[[], None]:
     def _start_internal_or_server_span(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
         span, token = original(*args, **kwargs)
         if span.__class__.set_attribute is Span.set_attribute:  # the SDK's span, its own method
-            span.set_attribute = types.MethodType(set_attribute_unless_held, span)
+            # Through a weak reference: a bound method in the span's own dict would make every
+            # SERVER span a reference cycle, left to the garbage collector.
+            span.set_attribute = functools.partial(_unless_held_by_reference, weakref.ref(span))
         return span, token
 
     return replace(module, "_start_internal_or_server_span", _start_internal_or_server_span)
 
 
 _ABSENT = object()
+
+
+def _unless_held_by_reference(span: weakref.ref[Any], key: str, value: Any) -> None:
+    set_attribute_unless_held(span(), key, value)  # only reachable from the span: alive when called
 
 
 def set_attribute_unless_held(span: Any, key: str, value: Any) -> None:
