@@ -214,12 +214,10 @@ _ops = st.lists(st.tuples(st.sampled_from(["k1", "k2", "k3", "k4", "", 5, ("k1",
 def test_setting_attributes_again_ends_as_the_sdk_ends(start: dict[str, Any], ops: list[tuple[str, Any]], end_at: int) -> None:
     """Whatever is set, again or anew, valid or not, before or after the span ends: the same attributes
     and the same dropped count as the SDK's own `set_attribute` (the same value objects are shared)."""
-    import types
-
     for limits in ({}, {"max_attribute_length": 3, "max_span_attributes": 3}):
         tracer = _tracer(**limits)
         theirs, ours = tracer.start_span("s", attributes=dict(start)), tracer.start_span("s", attributes=dict(start))
-        ours.set_attribute = types.MethodType(upstream.set_attribute_unless_held, ours)
+        upstream.skip_held_attributes(ours)
         for span in (theirs, ours):
             for key, value in start.items():  # what the middlewares do first
                 span.set_attribute(key, value)
@@ -232,12 +230,10 @@ def test_setting_attributes_again_ends_as_the_sdk_ends(start: dict[str, Any], op
 
 
 def test_a_held_value_is_not_validated_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    import types
-
     import opentelemetry.attributes as attributes
 
     span = _tracer().start_span("s", attributes={"url.path": "/x", "http.response.status_code": 200})
-    span.set_attribute = types.MethodType(upstream.set_attribute_unless_held, span)
+    upstream.skip_held_attributes(span)
     cleaned: list[Any] = []
     original = attributes._clean_attribute_value
     monkeypatch.setattr(attributes, "_clean_attribute_value", lambda value, *a: cleaned.append(value) or original(value, *a))
@@ -248,21 +244,29 @@ def test_a_held_value_is_not_validated_again(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_setting_a_held_value_on_an_ended_span_still_warns(caplog: pytest.LogCaptureFixture) -> None:
-    import types
-
     span = _tracer().start_span("s", attributes={"k": "v"})
-    span.set_attribute = types.MethodType(upstream.set_attribute_unless_held, span)
+    upstream.skip_held_attributes(span)
     span.end()
     span.set_attribute("k", span.attributes["k"])
     assert "Setting attribute on ended span." in caplog.text
 
 
+# Module-level, so that the span (through its processors) cannot reach it: `_reaches_itself`
+# does not follow globals.
+_STARTED: list[Any] = []
+
+
+class _StartRecorder(StartOnlySpanProcessor):
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        _STARTED.append(span)
+
+
 def _server_span_attributes(
-    framework: str, speedups: bool, monkeypatch: pytest.MonkeyPatch, started: list[Any] | None = None
+    framework: str, speedups: bool, monkeypatch: pytest.MonkeyPatch, record_starts: bool = False
 ) -> tuple[dict[str, Any], int]:
     """The SERVER span of one request through the framework's upstream instrumentation, with our
-    server instrumentor on; and how many attribute values the SDK validated on the way. `started`
-    gets every span as it starts."""
+    server instrumentor on; and how many attribute values the SDK validated on the way. With
+    `record_starts`, every span goes into `_STARTED` as it starts."""
     import opentelemetry.attributes as attributes
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -274,10 +278,8 @@ def _server_span_attributes(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     ensure_span_processor(provider)  # the launcher adds it to the global provider
-    if started is not None:
-        recorder = StartOnlySpanProcessor()
-        recorder.on_start = lambda span, parent_context=None: started.append(span)  # type: ignore[method-assign]
-        provider.add_span_processor(recorder)
+    if record_starts:
+        provider.add_span_processor(_StartRecorder())
     cleaned = [0]
     original = attributes._clean_attribute_value
 
@@ -318,10 +320,10 @@ def test_server_spans_hold_the_same_attributes_either_way(framework: str, monkey
     skipped: list[str] = []
     unless_held = upstream.set_attribute_unless_held
 
-    def watched(span: Any, key: str, value: Any) -> None:
-        if span._attributes._dict.get(key) is value:
+    def watched(span_reference: Any, key: str, value: Any) -> None:
+        if span_reference()._attributes._dict.get(key) is value:
             skipped.append(key)
-        unless_held(span, key, value)
+        unless_held(span_reference, key, value)
 
     monkeypatch.setattr(upstream, "set_attribute_unless_held", watched)
     fast, fast_cleaned = _server_span_attributes(framework, True, monkeypatch)
@@ -335,17 +337,20 @@ def test_server_spans_hold_the_same_attributes_either_way(framework: str, monkey
 
 def _reaches_itself(obj: Any) -> bool:
     """Whether `obj` is in a reference cycle: reachable from what it refers to. Modules, classes and
-    functions are not followed (through their globals, everything reaches everything)."""
+    functions' globals are not followed (through them, everything reaches everything)."""
     seen: set[int] = set()
     stack = list(gc.get_referents(obj))
     while stack:
         item = stack.pop()
         if item is obj:
             return True
-        if id(item) in seen or isinstance(item, (types.ModuleType, type, types.FunctionType)):
+        if id(item) in seen or isinstance(item, (types.ModuleType, type)):
             continue
         seen.add(id(item))
-        stack.extend(gc.get_referents(item))
+        if isinstance(item, types.FunctionType):  # what it closes over, not its globals
+            stack.extend([*(item.__closure__ or ()), *(item.__defaults__ or ())])
+        else:
+            stack.extend(gc.get_referents(item))
     return False
 
 
@@ -353,8 +358,11 @@ def _reaches_itself(obj: Any) -> bool:
 def test_the_server_span_is_in_no_reference_cycle(framework: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The SERVER span's instance-level set_attribute holds it weakly: reference counting frees
     the span, where a bound method would make every SERVER span garbage for the collector."""
-    started: list[Any] = []
-    _server_span_attributes(framework, True, monkeypatch, started)
-    (server,) = [span for span in started if span.kind.name == "SERVER"]
+    _STARTED.clear()
+    try:
+        _server_span_attributes(framework, True, monkeypatch, record_starts=True)
+        (server,) = [span for span in _STARTED if span.kind.name == "SERVER"]
+    finally:
+        _STARTED.clear()
     assert "set_attribute" in vars(server)  # the speedup applied
     assert not _reaches_itself(server)
