@@ -6,6 +6,12 @@ With ``--trace-children=yes`` a child process, and the new image after an
 reported (its count is dropped when it is replaced). `opentelemetry-instrument`
 is such an image: it execs the program. `counts` therefore returns one figure
 per image that *ended*: for the launcher, that is the exec'd program only.
+
+`segments` counts parts of *one* process instead: the program calls
+`checkpoint()` between the parts, and callgrind dumps (and zeroes) its
+counters each time (``--dump-before`` the C function that call enters, which
+nothing else calls). Parts of one process share its heap, so the run-to-run
+variation of the allocators' work cancels out of a comparison between them.
 """
 
 from __future__ import annotations
@@ -15,10 +21,17 @@ import platform
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 _COLLECTED = re.compile(r"^==(\d+)== Collected : (\d+)$", re.MULTILINE)
+
+# The libc function `checkpoint` enters; nothing else in CPython or the benchmarks calls it.
+CHECKPOINT_FUNCTION = "sched_get_priority_min"
+_TRIGGER = f"desc: Trigger: --dump-before={CHECKPOINT_FUNCTION}\n"
+_PART = re.compile(r"^part: (\d+)$", re.MULTILINE)
+_SUMMARY = re.compile(r"^summary: (\d+)$", re.MULTILINE)
 
 # Variables that change what Python does (or how much it prints) and that a
 # developer's shell may set: never inherited by a measured process.
@@ -64,17 +77,53 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def counts(command: list[str], env: dict[str, str], cwd: Path, *, children: bool = True, timeout: float = 3600) -> Run:
-    """Run ``command`` under callgrind; raise when it fails or reports nothing."""
-    valgrind = [
+def checkpoint() -> None:
+    """Mark a point of the counted program (see `segments`); costs the same every time."""
+    os.sched_get_priority_min(os.SCHED_OTHER)
+
+
+def _valgrind(children: bool, out_file: str, *extra: str) -> list[str]:
+    return [
         *_fixed_layout(),
         "valgrind",
         "--tool=callgrind",
         f"--trace-children={'yes' if children else 'no'}",
-        "--callgrind-out-file=/dev/null",
+        f"--callgrind-out-file={out_file}",
+        *extra,
     ]
-    done = subprocess.run([*valgrind, *command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def counts(command: list[str], env: dict[str, str], cwd: Path, *, children: bool = True, timeout: float = 3600) -> Run:
+    """Run ``command`` under callgrind; raise when it fails or reports nothing."""
+    done = subprocess.run([*_valgrind(children, "/dev/null"), *command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     found = [int(n) for _, n in _COLLECTED.findall(done.stderr)]
     if done.returncode != 0 or not found:
         raise RuntimeError(f"callgrind run of {command} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return Run(found, done.stdout, done.stderr)
+
+
+def segments(command: list[str], env: dict[str, str], cwd: Path, *, checkpoints: int, timeout: float = 3600) -> list[int]:
+    """Instructions between consecutive `checkpoint()` calls of the program ``command`` runs.
+
+    The program must make exactly ``checkpoints`` calls (in one process image,
+    e.g. the one the launcher execs); the result has ``checkpoints - 1`` counts,
+    the first from the first call to the second. What runs before the first call
+    (start-up) and after the last (exit) is in none of them.
+    """
+    with tempfile.TemporaryDirectory(prefix="callgrind-") as out:
+        valgrind = _valgrind(True, f"{out}/callgrind.out.%p", f"--dump-before={CHECKPOINT_FUNCTION}")
+        done = subprocess.run([*valgrind, *command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"callgrind run of {command} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        dumps = []  # (part, instructions) of each dump a checkpoint triggered
+        for path in Path(out).iterdir():
+            text = path.read_text()
+            if _TRIGGER in text:
+                part, summary = _PART.search(text), _SUMMARY.search(text)
+                if part is None or summary is None:
+                    raise RuntimeError(f"callgrind dump {path.name} has no part or summary line")
+                dumps.append((int(part.group(1)), int(summary.group(1))))
+    if len(dumps) != checkpoints:
+        raise RuntimeError(f"{command}: expected {checkpoints} checkpoints, callgrind saw {len(dumps)}")
+    # A dump holds what ran since the one before: the first, start-up up to the first checkpoint.
+    return [instructions for _, instructions in sorted(dumps)[1:]]

@@ -6,10 +6,11 @@
 Every configuration runs one program of `loops.py` (a scenario: a client
 call on a fake httpcore pool, or an incoming request handed in-process to
 a Starlette, FastAPI or Flask app) under valgrind's callgrind, which counts
-executed instructions, at three sizes (100, 1,100 and 2,100 units by default).
-The per-unit figure is the slope from the smallest to the largest size, so
-start-up and exit cancel out; the two slopes in between must agree within
-0.5 % (`linearity.py`), else the script reports nothing and exits with 3.
+executed instructions, once: with checkpoints after 100, 1,100 and 2,100
+units by default (`callgrind.segments`). The per-unit figure is the slope
+from the first to the last checkpoint, so start-up, warm-up and exit are not
+in it; the two slopes in between must agree within 0.5 % (`linearity.py`),
+else the script reports that configuration as refused and exits with 3.
 
 Before anything is counted, every venv is warmed (`venvs.warm`: compileall of
 the stdlib and site-packages) and each configuration runs once unmeasured
@@ -45,9 +46,9 @@ import venvs  # noqa: E402
 
 OWNER = "benchmarks/instructions.py"
 LOOPS = HERE / "loops.py"
-# 1,000 units between sizes. Runs of the same size differ a little (malloc and obmalloc work, set
-# by the heap the start-up left: 600 FastAPI requests under ours took 3,269.8 M to 3,277.3 M
-# instructions over ten runs), which over 500-unit slopes was up to 1 % of the slope.
+# Checkpoints of one run, 1,000 units apart. Separate runs of each size differed too much: malloc
+# and obmalloc work, set by the heap the start-up left (600 FastAPI requests under ours took
+# 3,269.8 M to 3,277.3 M instructions over ten runs), was up to 1 % of a slope.
 SIZES = (100, 1100, 2100)
 CHECK_UNITS = 20
 
@@ -145,11 +146,9 @@ def environment(config: Config, measured: bool) -> dict[str, str]:
     return env
 
 
-def command(config: Config, units: int, *extra: str) -> list[str]:
+def command(config: Config, units: str, *extra: str) -> list[str]:
     venv = venvs.VENVS / config.venv
-    # Zero-padded: every size gets an argv of the same length, hence the same memory
-    # layout at start-up (with randomisation off, see callgrind.py).
-    program = [venvs.python(venv), str(LOOPS), config.scenario, f"{units:06d}", *extra]
+    program = [venvs.python(venv), str(LOOPS), config.scenario, units, *extra]
     # The launcher is a Python script: run by the venv's python so callgrind follows it, then its exec.
     return [venvs.python(venv), venvs.launcher(venv), *program] if config.launcher else program
 
@@ -164,7 +163,7 @@ def workdir() -> Path:
 def check(config: Config) -> dict[str, Any]:
     """The unmeasured run: warms the configuration and reports what it really does."""
     done = subprocess.run(
-        command(config, CHECK_UNITS, "--check"), env=environment(config, measured=False), cwd=workdir(),
+        command(config, str(CHECK_UNITS), "--check"), env=environment(config, measured=False), cwd=workdir(),
         capture_output=True, text=True, timeout=600,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -179,9 +178,13 @@ def check(config: Config) -> dict[str, Any]:
     return facts
 
 
-def count(config: Config, units: int) -> int:
-    run = callgrind.counts(command(config, units), environment(config, measured=True), workdir())
-    return run.counts[-1]  # the image that ran the loop: the launcher's exec'd program
+def count(config: Config, sizes: tuple[int, ...]) -> dict[int, int]:
+    """Instructions from the first checkpoint (after the warm-up) to the one after each size's units."""
+    parts = callgrind.segments(
+        command(config, ",".join(map(str, sizes))), environment(config, measured=True), workdir(),
+        checkpoints=len(sizes) + 1,
+    )
+    return {size: sum(parts[: i + 1]) for i, size in enumerate(sizes)}
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -224,7 +227,7 @@ def render(result: dict[str, Any]) -> str:
     sizes = "/".join(f"{s:,}" for s in m["sizes"])
     low, mid, high = m["sizes"]
     layout = "address randomisation off" if m.get("fixed_layout") else "address randomisation ON (no setarch)"
-    out = [report.meta_line(m), f"Units per run: {sizes}; exporters off; start-up heap frozen out of the garbage collector (gc.freeze), which runs; {layout}.", ""]
+    out = [report.meta_line(m), f"One run per configuration, counted from the warm-up's end to checkpoints after {sizes} units; exporters off; start-up heap frozen out of the garbage collector (gc.freeze), which runs; {layout}.", ""]
     if result["refused"]:
         out += [
             f"Refused (the two slopes more than {linearity.TOLERANCE:.1%} apart, see Linearity): "
@@ -308,7 +311,7 @@ CONFIG_KEYS = {c.key: c for c in CONFIGS}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--only", default="", help=f"comma-separated tables of {','.join(TABLES)} (implies --no-write)")
-    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="three unit counts, e.g. 100,1100,2100")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="units at the three checkpoints of a run, e.g. 100,1100,2100")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="counted runs in parallel")
     parser.add_argument("--no-write", action="store_true", help="print only: keep docs and last_run/ as they are")
     parser.add_argument(
@@ -319,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check_only and not callgrind.available():
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
-    sizes = tuple(int(s) for s in args.sizes.split(","))
+    sizes = tuple(sorted(int(s) for s in args.sizes.split(",")))
     only = [t for t in args.only.split(",") if t]
     if unknown := set(only) - set(TABLES):
         parser.error(f"unknown tables {sorted(unknown)}")
@@ -339,22 +342,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_only:
         print(json.dumps(facts, indent=1, sort_keys=True))
         return 0
-    print(f"[instructions] {len(configs)} configurations checked; counting {len(configs) * 3} runs ...", flush=True)
+    print(f"[instructions] {len(configs)} configurations checked; counting them ...", flush=True)
 
-    jobs = [(c, n) for n in sorted(sizes, reverse=True) for c in configs]  # longest first
+    jobs = sorted(configs, key=lambda c: c.table not in FRAMEWORKS)  # the longest (server) first
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        totals = dict(zip(((c.key, n) for c, n in jobs), pool.map(lambda job: count(*job), jobs)))
+        totals = dict(zip((c.key for c in jobs), pool.map(lambda c: count(c, sizes), jobs)))
     fits: dict[str, linearity.Fit] = {}
     refused: dict[str, dict[str, Any]] = {}
     for config in configs:
-        counts = {n: totals[(config.key, n)] for n in sizes}
+        counts = totals[config.key]
         try:
             fits[config.key] = linearity.checked_fit(counts, what=config.key)
         except linearity.NonLinearError as error:
             refused[config.key] = {**linearity.fit(counts).as_dict(), "message": str(error)}
     if refused:
         # The raw counts, to look into (benchmarks/results/ is git-ignored).
-        raw = {c.key: {n: totals[(c.key, n)] for n in sizes} for c in configs}
+        raw = {c.key: totals[c.key] for c in configs}
         dump = HERE / "results" / "instructions-refused.json"
         dump.parent.mkdir(exist_ok=True)
         dump.write_text(json.dumps(raw, indent=1))

@@ -1,12 +1,14 @@
 """The programs that instructions.py counts: one process = set-up, warm-up, then N units.
 
-    python loops.py SCENARIO N           # what callgrind counts (started by instructions.py)
-    python loops.py SCENARIO N --check   # unmeasured: N checked units, then one JSON line of facts
+    python loops.py SCENARIO 100,1100,2100   # what callgrind counts (started by instructions.py)
+    python loops.py SCENARIO N --check       # unmeasured: N checked units, then one JSON line of facts
 
-A unit is one client call or one incoming request (see SCENARIOS). The
-per-unit cost is the slope of the instruction count over N, so set-up,
-warm-up and exit cancel out. What would make the count grow other than
-linearly is kept out of the counted loop:
+A unit is one client call or one incoming request (see SCENARIOS). A counted
+run makes a `callgrind.checkpoint()` after the warm-up and after 100, 1,100
+and 2,100 units (the sizes given), so instructions.py gets the count at each
+size from one process: the per-unit cost is the slope of that count over the
+units, and set-up, warm-up and exit are in none of it. What would make the
+count grow other than linearly is kept out of the counted loop:
 
 * the warm-up (WARMUP units) creates every lazily built piece of state first
   (per-downstream breaker and budget, the server span processor added on the
@@ -36,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fakes  # noqa: E402
+from callgrind import checkpoint  # noqa: E402
 
 WARMUP = 50
 URL = "http://downstream.bench.invalid/"
@@ -261,17 +264,22 @@ def check(unit: Unit, run: Callable[[int], None], n: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    scenario, n = argv[0], int(argv[1])
+    scenario, sizes = argv[0], [int(n) for n in argv[1].split(",")]
     checking = "--check" in argv[2:]
     unit = SCENARIOS[scenario]()
     run = _runner(unit)
     run(WARMUP)
     if checking:
-        sys.stdout.write(json.dumps(check(unit, run, n)) + "\n")
+        sys.stdout.write(json.dumps(check(unit, run, sizes[0])) + "\n")
     else:
         gc.collect()
         gc.freeze()
-        run(n)
+        checkpoint()
+        done = 0
+        for size in sizes:
+            run(size - done)
+            done = size
+            checkpoint()
     sys.stdout.flush()
     os._exit(0)
 

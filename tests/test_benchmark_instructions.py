@@ -5,7 +5,8 @@
   per call, spans), in the benchmark's client venvs, without valgrind;
 * callgrind counting (benchmarks/callgrind.py) on tiny programs: a count per
   process image that ends, none for an image replaced by exec (what
-  startup.py relies on). Skipped without valgrind on a laptop, fails in CI.
+  startup.py relies on); the counts between checkpoints of one process (what
+  instructions.py relies on). Skipped without valgrind on a laptop, fails in CI.
 
 No timing is asserted.
 """
@@ -94,3 +95,39 @@ def test_a_failing_program_is_an_error() -> None:
     callgrind = _load("callgrind")
     with pytest.raises(RuntimeError, match="failed"):
         callgrind.counts([sys.executable, "-S", "-c", "raise SystemExit(3)"], callgrind.clean_env(), Path(__file__).parent)
+
+
+def test_segments_count_between_the_checkpoints_of_one_process() -> None:
+    require_binary("valgrind", "apt-get install valgrind")
+    callgrind = _load("callgrind")
+    env, cwd = callgrind.clean_env(), Path(__file__).parent
+    program = (
+        f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r})\n"
+        "from callgrind import checkpoint\n"  # the benchmarks' own
+        "for _ in range(50_000): pass\n"  # before the first checkpoint: in no segment
+        "checkpoint()\n"
+        "for n in (1_000, 10_000, 10_000, 0):\n"
+        "    for _ in range(n): pass\n"
+        "    checkpoint()\n"
+        "for _ in range(50_000): pass\n"  # after the last: in none either
+    )
+    # Run through an exec, as the launcher runs the counted program.
+    execs = f"import os, sys; os.execv(sys.executable, [sys.executable, '-S', '-c', {program!r}])"
+    parts = callgrind.segments([sys.executable, "-S", "-c", execs], env, cwd, checkpoints=5)
+    assert len(parts) == 4
+    one_k, ten_k, ten_k_again, nothing = parts
+    assert ten_k > 10_000 * 5 and abs(ten_k - ten_k_again) / ten_k < 0.001
+    assert 9 < ten_k / one_k < 11
+    assert nothing < one_k / 10  # the loop's set-up and one call only
+    # The loops outside the checkpoints (50,000 iterations each) are in none of the parts.
+    assert sum(parts) < ten_k * 2.5
+
+
+def test_segments_refuse_a_program_without_its_checkpoints() -> None:
+    require_binary("valgrind", "apt-get install valgrind")
+    callgrind = _load("callgrind")
+    with pytest.raises(RuntimeError, match="expected 3 checkpoints, callgrind saw 1"):
+        callgrind.segments(
+            [sys.executable, "-S", "-c", "import os; os.sched_get_priority_min(os.SCHED_OTHER)"],
+            callgrind.clean_env(), Path(__file__).parent, checkpoints=3,
+        )
