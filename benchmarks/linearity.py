@@ -1,8 +1,9 @@
 """Per-unit cost from instruction counts at three sizes, and the check that they are linear.
 
-A count at N units is ``fixed + N * per_unit`` only if nothing else grew with
-N or landed in one run by chance (a .pyc compiled in one run and not the
-other: ~170 M instructions; a garbage collection; a cache filling up). Two
+A count at N units (instructions.py: from one run's checkpoints) is
+``fixed + N * per_unit`` only if nothing else grew with N or landed in one
+part by chance (garbage piling up, a cache filling, a .pyc compiled: ~170 M
+instructions). Two
 counts always give *a* slope; three counts give two slopes, and when those
 disagree the figure is not a per-unit cost and is not reported.
 """
