@@ -12,6 +12,7 @@ when it may hold a secret) and what was expected, and the default is used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import logging
 import os
@@ -605,10 +606,21 @@ _SIGNALS = ("TRACES", "METRICS", "LOGS")
 DEFAULT_PROPAGATORS = "tracecontext,baggage,xrequestid"
 
 
-def _entry_point_names(group: str) -> set[str]:
-    from importlib.metadata import entry_points
+def _entry_point_names(group: str) -> frozenset[str]:
+    return _entry_points_by_group().get(group, frozenset())
 
-    return {ep.name for ep in entry_points(group=group)}
+
+@functools.cache
+def _entry_points_by_group() -> dict[str, frozenset[str]]:
+    """Every installed entry point's name by group, read once: each read goes through every
+    distribution's metadata, and start-up would otherwise do it for each group, twice."""
+    from importlib.metadata import distributions
+
+    groups: dict[str, set[str]] = {}
+    for distribution in distributions():
+        for entry_point in distribution.entry_points:
+            groups.setdefault(entry_point.group, set()).add(entry_point.name)
+    return {group: frozenset(names) for group, names in groups.items()}
 
 
 def _valid_endpoint(value: str) -> bool:

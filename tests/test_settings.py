@@ -259,6 +259,27 @@ def test_the_otel_variables_the_distro_relies_on_are_checked():
     assert otel_problems({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_TRACES_EXPORTER": "console,otlp"}) == []
 
 
+def test_the_installed_entry_points_are_read_once(monkeypatch):
+    """Reading them goes through every distribution's metadata: start-up checked four groups, twice."""
+    import importlib.metadata
+
+    from otel_integration import _settings
+
+    reads = []
+    real = importlib.metadata.distributions
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: reads.append(1) or real())
+    _settings._entry_points_by_group.cache_clear()
+    environ = {s: "console,otlp" for s in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER")}
+    environ["OTEL_PROPAGATORS"] = "tracecontext,baggage,xrequestid"
+    try:
+        assert _settings.otel_problems(environ) == [] and _settings.otel_problems(environ) == []
+        assert len(reads) == 1
+        unknown = {"OTEL_PROPAGATORS": "tracecontext,not-installed"}
+        assert [p.variable for p in _settings.otel_problems(unknown)] == ["OTEL_PROPAGATORS"]
+    finally:
+        _settings._entry_points_by_group.cache_clear()
+
+
 def test_a_redis_url_without_the_redis_client_names_the_extra(monkeypatch):
     from otel_integration import _settings
 
