@@ -76,14 +76,25 @@ def instrument_command() -> str:
     return found
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _load_libc() -> Any:
+    """libc for prctl, loaded here and not in the child: after a fork, with the receiver's
+    threads running, an import or a dlopen could wait forever on a lock one of them held."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: our death stops the service too
-    except Exception:  # noqa: BLE001 - not Linux: atexit and killpg still apply
-        pass
+        return ctypes.CDLL(None, use_errno=True)
+    except Exception:  # noqa: BLE001 - no prctl: atexit and killpg still apply
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec: nothing imported or loaded here
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: our death stops the service too
 
 
 @dataclass
@@ -184,7 +195,7 @@ class Pipeline:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own process group: killpg reaches the lot
-                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                    preexec_fn=_die_with_parent if _LIBC is not None else None,
                 )
             finally:
                 log.close()
