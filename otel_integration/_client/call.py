@@ -379,9 +379,16 @@ class Call:
         """What the caller gets after the last retryable outcome: its response, or its error raised
         (outside any except block)."""
         response, error = outcome.response, outcome.error
+        # The raised error's traceback holds this frame and the callers' (which hold `outcome`):
+        # neither may hold the error, or it and the request stay in a cycle until the garbage
+        # collector runs (httpx's own error, structured errors off: it is the one raised).
+        outcome.response = outcome.error = None
         self._forget_outcomes()
         if error is not None:
-            raise self.raised(error)
+            try:
+                raise self.raised(error)
+            finally:
+                del error
         assert response is not None
         return self.respond(response)
 
