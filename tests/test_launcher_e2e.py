@@ -113,6 +113,10 @@ def test_plain_httpx_script_gets_trace_context_request_id_and_otlp_export(tmp_pa
     point = next(p for p in receiver.metrics() if p.name == "http.client.request.duration")
     assert point.unit == "s"
     assert point.attributes["server.address"] == "127.0.0.1"
+    # Exemplars: the latency panel's dots that open a trace (docs/observability.md) start here.
+    # The SDK's default filter (trace_based) keeps measurements made in a sampled span.
+    exemplars = [e for p in receiver.metrics() if p.name == "http.client.request.duration" for e in p.exemplars]
+    assert exemplars and {(e.trace_id, e.span_id) for e in exemplars} <= {(s.trace_id, s.span_id) for s in spans}
 
 
 def test_retries_are_attempt_spans_with_resend_count_and_one_request_id(tmp_path, fault_server, receiver):

@@ -73,6 +73,7 @@ class MetricPoint(_FromAService):
     ``bucket_counts``/``explicit_bounds`` (and ``min``/``max`` when sent).
     ``temporality`` is "CUMULATIVE", "DELTA" or "" (gauges): cumulative exports repeat
     the running total, so do not add up successive points of one series.
+    Histograms also carry their ``exemplars``.
     """
 
     name: str
@@ -92,6 +93,17 @@ class MetricPoint(_FromAService):
     scope_name: str = ""
     description: str = ""
     start_ns: int = 0
+    time_ns: int = 0
+    exemplars: tuple[Exemplar, ...] = ()
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """One exemplar of a histogram point: a measurement with the trace it was made in (hex ids, "" when none)."""
+
+    value: float
+    trace_id: str = ""
+    span_id: str = ""
     time_ns: int = 0
 
 
@@ -229,6 +241,15 @@ def decode_metrics(
                                 temporality=temporality(m.histogram.aggregation_temporality),
                                 start_ns=p.start_time_unix_nano,
                                 time_ns=p.time_unix_nano,
+                                exemplars=tuple(
+                                    Exemplar(
+                                        value=getattr(e, e.WhichOneof("value") or "as_double"),
+                                        trace_id=e.trace_id.hex() if any(e.trace_id) else "",
+                                        span_id=e.span_id.hex() if any(e.span_id) else "",
+                                        time_ns=e.time_unix_nano,
+                                    )
+                                    for e in p.exemplars
+                                ),
                                 **common,
                             )
                         )
