@@ -379,15 +379,13 @@ class Call:
         """What the caller gets after the last retryable outcome: its response, or its error raised
         (outside any except block)."""
         response, error = outcome.response, outcome.error
-        # The raised error's traceback holds this frame and the callers' (which hold `outcome`):
-        # neither may hold the error, or it and the request stay in a cycle until the garbage
-        # collector runs (httpx's own error, structured errors off: it is the one raised).
-        outcome.response = outcome.error = None
-        self._forget_outcomes()
+        self._forget_outcomes()  # `outcome` among them: the callers' frames hold it
         if error is not None:
             try:
                 raise self.raised(error)
             finally:
+                # The raised error's traceback holds this frame: with structured errors off it is
+                # `error` itself, and the two would be a cycle keeping the request alive.
                 del error
         assert response is not None
         return self.respond(response)
