@@ -268,7 +268,7 @@ def test_the_installed_entry_points_are_read_once(monkeypatch):
     reads = []
     real = importlib.metadata.distributions
     monkeypatch.setattr(importlib.metadata, "distributions", lambda: reads.append(1) or real())
-    _settings._entry_points_by_group.cache_clear()
+    _settings._installed_entry_points.cache_clear()
     environ = {s: "console,otlp" for s in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER")}
     environ["OTEL_PROPAGATORS"] = "tracecontext,baggage,xrequestid"
     try:
@@ -277,7 +277,7 @@ def test_the_installed_entry_points_are_read_once(monkeypatch):
         unknown = {"OTEL_PROPAGATORS": "tracecontext,not-installed"}
         assert [p.variable for p in _settings.otel_problems(unknown)] == ["OTEL_PROPAGATORS"]
     finally:
-        _settings._entry_points_by_group.cache_clear()
+        _settings._installed_entry_points.cache_clear()
 
 
 def test_a_redis_url_without_the_redis_client_names_the_extra(monkeypatch):
