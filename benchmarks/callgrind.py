@@ -82,8 +82,11 @@ def checkpoint() -> None:
     os.sched_get_priority_min(os.SCHED_OTHER)
 
 
-def _valgrind(children: bool, out_file: str, *extra: str) -> list[str]:
-    return [
+def _callgrind(
+    command: list[str], env: dict[str, str], cwd: Path, timeout: float, *, children: bool, out_file: str, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess[str], list[int]]:
+    """Run ``command`` under callgrind: the finished process and each ended image's count; raise when it fails."""
+    valgrind = [
         *_fixed_layout(),
         "valgrind",
         "--tool=callgrind",
@@ -91,14 +94,16 @@ def _valgrind(children: bool, out_file: str, *extra: str) -> list[str]:
         f"--callgrind-out-file={out_file}",
         *extra,
     ]
+    done = subprocess.run([*valgrind, *command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    found = [int(n) for _, n in _COLLECTED.findall(done.stderr)]
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"callgrind run of {command} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done, found
 
 
 def counts(command: list[str], env: dict[str, str], cwd: Path, *, children: bool = True, timeout: float = 3600) -> Run:
     """Run ``command`` under callgrind; raise when it fails or reports nothing."""
-    done = subprocess.run([*_valgrind(children, "/dev/null"), *command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    found = [int(n) for _, n in _COLLECTED.findall(done.stderr)]
-    if done.returncode != 0 or not found:
-        raise RuntimeError(f"callgrind run of {command} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    done, found = _callgrind(command, env, cwd, timeout, children=children, out_file="/dev/null")
     return Run(found, done.stdout, done.stderr)
 
 
@@ -111,10 +116,10 @@ def segments(command: list[str], env: dict[str, str], cwd: Path, *, checkpoints:
     (start-up) and after the last (exit) is in none of them.
     """
     with tempfile.TemporaryDirectory(prefix="callgrind-") as out:
-        valgrind = _valgrind(True, f"{out}/callgrind.out.%p", f"--dump-before={CHECKPOINT_FUNCTION}")
-        done = subprocess.run([*valgrind, *command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            raise RuntimeError(f"callgrind run of {command} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        _callgrind(
+            command, env, cwd, timeout, children=True, out_file=f"{out}/callgrind.out.%p",
+            extra=(f"--dump-before={CHECKPOINT_FUNCTION}",),
+        )
         dumps = []  # (part, instructions) of each dump a checkpoint triggered
         for path in Path(out).iterdir():
             text = path.read_text()

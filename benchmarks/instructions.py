@@ -26,6 +26,7 @@ summary), unless ``--only`` or ``--no-write`` is given.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -184,7 +185,7 @@ def count(config: Config, sizes: tuple[int, ...]) -> dict[int, int]:
         command(config, ",".join(map(str, sizes))), environment(config, measured=True), workdir(),
         checkpoints=len(sizes) + 1,
     )
-    return {size: sum(parts[: i + 1]) for i, size in enumerate(sizes)}
+    return dict(zip(sizes, itertools.accumulate(parts)))
 
 
 # --- results ------------------------------------------------------------------------------------
